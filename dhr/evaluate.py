@@ -1,0 +1,128 @@
+"""``python -m dhr.evaluate pred=DIR gt=DIR dataset=voc``: the official DHR metric.
+
+Prints the official summary line, a per-class table, and writes a JSON of every number. Stays
+torch-free so that it starts fast.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from dhr.conf_path import CONFIG_DIR
+
+log = logging.getLogger(__name__)
+
+
+def resolve_folders(cfg: Any, info: Any, data_root: Path) -> tuple[Path, Path]:
+    """Prediction and GT folders: verbatim with ``fix`` (release ``--fix``), else the release layout."""
+    split_dir = info.split_dir_name(cfg.split)
+    if cfg.fix:
+        pred = Path(cfg.pred)
+        gt = Path(cfg.gt) if cfg.gt else data_root / info.name / split_dir / "mask"
+        return pred, gt
+    pred_split = "train_aug" if info.name == "VOC2012" and split_dir == "train" else split_dir
+    pred = Path(cfg.pred) / info.name / cfg.tag / pred_split
+    gt = Path(cfg.gt or data_root) / info.name / split_dir / "mask"
+    return pred, gt
+
+
+def untagged_ids(gt_dir: Path, ids: list[str]) -> set[str]:
+    """Ids whose XML (beside the GT folder) has no object: dropped with ``skip_untagged``."""
+    from dhr.data.tags import read_xml_names
+
+    xml_dir = gt_dir.parent / "xml"
+    if not xml_dir.is_dir():
+        from dhr.errors import DHRError
+
+        raise DHRError(f"{xml_dir}: skip_untagged needs the split's xml/ folder beside {gt_dir}")
+    return {i for i in ids if not read_xml_names(xml_dir / f"{i}.xml")}
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate and report; returns the JSON-able result (exit status is the caller's job)."""
+    from dhr.data.layout import DatasetInfo
+    from dhr.ops.evaluation import evaluate_folder
+    from dhr.utils.io import atomic_write_json
+    from dhr.utils.report import class_table
+
+    info = DatasetInfo.from_cfg(cfg.dataset)
+    pred_dir, gt_dir = resolve_folders(cfg, info, Path(cfg.paths.data_root))
+    mode = str(cfg.skip_background_only).lower()
+    skip_bg = {"auto": not info.eval_background_only, "true": True, "false": False}.get(mode)
+    if skip_bg is None:
+        from dhr.errors import DHRError
+
+        raise DHRError(f"skip_background_only={cfg.skip_background_only!r}: use auto, true or false")
+    ids = sorted(p.stem for p in gt_dir.glob("*.png")) if gt_dir.is_dir() else None
+    if cfg.skip_untagged and ids:
+        dropped = untagged_ids(gt_dir, ids)
+        ids = [i for i in ids if i not in dropped]
+    result = evaluate_folder(
+        pred_dir, gt_dir, num_classes=info.num_classes, ignore_index=info.ignore_index,
+        background_id=info.background_id, skip_background_only=skip_bg, ids=ids, workers=cfg.workers,
+    )
+    scores = result.scores
+    from dhr.ops.metrics import summary_line
+
+    if cfg.table:
+        class_table(info.classes, scores, title=f"{cfg.tag}: {pred_dir}")
+    print(f"evaluated {result.evaluated} / expected {result.expected} images"
+          f" ({len(result.skipped)} background-only skipped)")
+    if result.out_of_range_pixels:
+        log.warning("%d valid pixels hold predictions >= %d that are not %d (counted as misses)",
+                    result.out_of_range_pixels, info.num_classes, info.ignore_index)
+    if result.missing:
+        head = ", ".join(result.missing[:20])
+        msg = (f"{len(result.missing)} prediction(s) missing in {pred_dir} (first: {head}); "
+               "scores below cover the evaluated images only")
+        if cfg.allow_missing:
+            log.warning(msg)
+        else:
+            print(f"ERROR: {msg}. Predict every image or pass allow_missing=true.", file=sys.stderr)
+    print(summary_line(cfg.tag, scores))
+    out = {
+        "tag": cfg.tag, "pred": str(pred_dir), "gt": str(gt_dir), "dataset": info.name,
+        "mIoU": scores.miou, "mFPR": scores.mfpr, "mFNR": scores.mfnr,
+        "evaluated": result.evaluated, "expected": result.expected,
+        "missing": result.missing, "skipped_background_only": len(result.skipped),
+        "per_class": {
+            name: {"IoU": _num(scores.iou[i]), "FPR": _num(scores.fpr[i]), "FNR": _num(scores.fnr[i])}
+            for i, name in enumerate(info.classes)
+        },
+    }
+    if cfg.json:
+        atomic_write_json(cfg.json, out)
+        log.info("scores written to %s", cfg.json)
+    return out
+
+
+def _num(x: float) -> float | None:
+    return None if x != x else float(x)  # NaN → null in JSON
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")
+def _main(cfg: DictConfig) -> None:
+    from dhr.errors import DHRError
+
+    try:
+        out = run(cfg)
+    except DHRError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    if out["missing"] and not cfg.allow_missing:
+        sys.exit(1)
+
+
+def main() -> None:
+    """Console script ``dhr-evaluate``."""
+    _main()
+
+
+if __name__ == "__main__":
+    main()

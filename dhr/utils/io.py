@@ -1,0 +1,85 @@
+"""File IO that never leaves half-written files: write to a temporary sibling, then rename."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from dhr.errors import DHRError
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (readers see the old file or the whole new one)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def encode_label_png(label: np.ndarray, palette: np.ndarray) -> bytes:
+    """Encode an (H, W) class-id array as an 8-bit palette PNG."""
+    if label.ndim != 2:
+        raise ValueError(f"label maps are 2-D, got shape {label.shape}")
+    if label.dtype != np.uint8:
+        if label.size and (label.min() < 0 or label.max() > 255):
+            raise ValueError("label values must lie in 0..255")
+        label = label.astype(np.uint8)
+    image = Image.fromarray(label, mode="P")
+    image.putpalette(palette.astype(np.uint8).reshape(-1).tolist())
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def save_label_png(path: str | os.PathLike, label: np.ndarray, palette: np.ndarray) -> None:
+    """Write a palette PNG atomically."""
+    atomic_write_bytes(path, encode_label_png(label, palette))
+
+
+def read_label_png(path: str | os.PathLike) -> np.ndarray:
+    """Read a label PNG ("P" or "L" mode) as an (H, W) uint8 index array.
+
+    RGB or multi-channel label images are rejected: their colours are not class ids.
+    """
+    try:
+        with Image.open(path) as image:
+            if image.mode not in ("P", "L"):
+                raise DHRError(
+                    f"{path}: label image has mode {image.mode!r}; label PNGs must be index "
+                    "images (mode P or L) holding class ids. Convert colour renderings back to "
+                    "indices with the dataset palette."
+                )
+            return np.asarray(image)
+    except FileNotFoundError:
+        raise DHRError(f"{path}: label file not found") from None
+    except (OSError, SyntaxError) as err:  # PIL raises these for truncated or corrupt files
+        raise DHRError(f"{path}: cannot decode label PNG ({err}); re-export or delete it") from None
+
+
+def read_rgb(path: str | os.PathLike) -> Image.Image:
+    """Open an image as RGB (greyscale and palette images are converted), with a clear error."""
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except FileNotFoundError:
+        raise DHRError(f"{path}: image file not found") from None
+    except (OSError, SyntaxError) as err:
+        raise DHRError(f"{path}: cannot decode image ({err}); re-download or delete it") from None
