@@ -1,0 +1,114 @@
+"""Supervised DeepLabv3+ LightningModule: SGD with 10x head LR, poly schedule, val mIoU.
+
+Takes plain keyword arguments only (no nn.Modules), so checkpoints rebuild the model from
+their hyper-parameters alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from dhr.errors import DHRError
+from dhr.models.backbones import create_backbone
+from dhr.models.deeplabv3plus import DeepLabV3Plus
+from dhr.ops.inference import multiscale_probs
+from dhr.ops.metrics import scores_from_confusion
+
+DEFAULT_OPTIM = {"lr": 1e-3, "head_lr_mult": 10.0, "momentum": 0.9, "weight_decay": 4e-5, "poly_power": 0.9}
+
+
+def build_deeplabv3plus(*, num_classes: int, backbone: dict[str, Any], aspp_channels: int = 256,
+                        low_level_channels: int = 48, dropout: Sequence[float] = (0.5, 0.5, 0.1)) -> DeepLabV3Plus:
+    backbone = dict(backbone)
+    output_stride = int(backbone.pop("output_stride", 16))
+    name = backbone.pop("name")
+    net = create_backbone(name, output_stride=output_stride, **backbone)
+    return DeepLabV3Plus(backbone=net, num_classes=num_classes, output_stride=output_stride,
+                         aspp_channels=aspp_channels, low_level_channels=low_level_channels, dropout=dropout)
+
+
+def legacy_nearest(mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Downsample an (N, H, W) label map with PyTorch legacy ``nearest`` (source = floor(dst*in/out))."""
+    if tuple(mask.shape[-2:]) == tuple(size):
+        return mask
+    return F.interpolate(mask[:, None].float(), size=tuple(size), mode="nearest")[:, 0].long()
+
+
+class SegmentationModule(pl.LightningModule):
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        backbone: dict[str, Any],
+        ignore_index: int = 255,
+        aspp_channels: int = 256,
+        low_level_channels: int = 48,
+        dropout: Sequence[float] = (0.5, 0.5, 0.1),
+        optim: dict[str, float] | None = None,
+        infer: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.optim = {**DEFAULT_OPTIM, **(optim or {})}
+        self.infer = dict(infer or {"scales": [1.0], "flip": False})
+        self.ignore_index = ignore_index
+        self.net = build_deeplabv3plus(num_classes=num_classes, backbone=backbone, aspp_channels=aspp_channels,
+                                       low_level_channels=low_level_channels, dropout=dropout)
+        self.val_confusion = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """Stride-4 logits."""
+        return self.net(image)
+
+    # -- training -------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        logits = self.net(batch["image"])
+        target = legacy_nearest(batch["mask"], logits.shape[-2:])
+        loss = F.cross_entropy(logits, target, ignore_index=self.ignore_index)
+        if not torch.isfinite(loss):
+            raise DHRError(
+                f"training loss is {loss.item()} at step {self.global_step}: lower optim.lr "
+                f"(now {self.optim['lr']}), check the masks hold class ids < {self.hparams.num_classes} or "
+                f"{self.ignore_index}, or use trainer.precision=32-true"
+            )
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=logits.shape[0])
+        return loss
+
+    # -- validation -----------------------------------------------------------------------------
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        image = batch["image"]
+        logits = F.interpolate(self.net(image), size=image.shape[-2:], mode="bilinear", align_corners=False)
+        self.val_confusion.update(logits.argmax(1), batch["mask"])
+
+    def on_validation_epoch_end(self) -> None:
+        conf = self.val_confusion.compute().cpu().numpy().astype(np.int64)
+        self.val_confusion.reset()
+        scores = scores_from_confusion(conf)
+        for name, value in (("mIoU", scores.miou), ("mFPR", scores.mfpr), ("mFNR", scores.mfnr)):
+            self.log(f"val/{name}", float(np.nan_to_num(value)), prog_bar=name == "mIoU", sync_dist=False)
+
+    # -- prediction -----------------------------------------------------------------------------
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        probs = multiscale_probs(self.net, batch["image"], self.infer.get("scales", [1.0]), self.infer.get("flip", False))
+        return {"id": batch["id"], "label": probs.argmax(1).to(torch.uint8).cpu()}
+
+    # -- optimisation ---------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        o = self.optim
+        backbone = [p for p in self.net.backbone.parameters() if p.requires_grad]
+        head = [p for p in self.net.head.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD(
+            [{"params": backbone, "lr": o["lr"]}, {"params": head, "lr": o["lr"] * o["head_lr_mult"]}],
+            lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"], nesterov=False,
+        )
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        power = o["poly_power"]
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: max(0.0, 1.0 - t / total) ** power)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,130 @@
+"""``python -m dhr.predict ckpt=PATH split=val``: multi-scale + flip label maps as palette PNGs."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from dhr.conf_path import CONFIG_DIR
+
+log = logging.getLogger(__name__)
+
+
+def load_module(ckpt: str | Path, map_location: str = "cpu") -> Any:
+    """The segmentation module of a checkpoint with its EMA weights when it has them."""
+    import torch
+
+    from dhr.callbacks.ema import CKPT_KEY
+    from dhr.errors import DHRError
+    from dhr.modules.segmentation import SegmentationModule
+
+    path = Path(ckpt)
+    if not path.is_file():
+        raise DHRError(f"ckpt={ckpt}: checkpoint not found; pass a .ckpt written by dhr.train")
+    try:
+        module = SegmentationModule.load_from_checkpoint(path, map_location=map_location)
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, KeyError, EOFError) as err:
+        raise DHRError(f"{path}: not a readable dhr checkpoint ({str(err).splitlines()[0]})") from None
+    if CKPT_KEY in state:
+        module.load_state_dict(state[CKPT_KEY])
+    else:
+        log.warning("%s has no EMA weights; predicting with the online weights", path)
+    return module
+
+
+def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Never overwrite earlier results silently."""
+    if out_dir.is_dir() and any(out_dir.glob("*.png")) and not overwrite:
+        from dhr.errors import DHRError
+
+        raise DHRError(f"{out_dir} already holds predictions; choose another out_dir or pass overwrite=true")
+
+
+def predict_to_folder(module: Any, datamodule: Any, trainer_cfg: DictConfig, out_dir: Path, infer: DictConfig) -> int:
+    """Predict ``datamodule.predict_split`` into ``out_dir``; returns the number of PNGs written."""
+    from hydra.utils import instantiate
+
+    from dhr.callbacks.prediction_writer import PaletteWriter
+
+    module.infer = OmegaConf.to_container(infer, resolve=True)
+    writer = PaletteWriter(out_dir, datamodule.info.palette_array)
+    overrides = dict(callbacks=[writer], logger=False, enable_checkpointing=False, max_epochs=1)
+    cfg = OmegaConf.to_container(trainer_cfg, resolve=True)
+    for key in ("fast_dev_run", "limit_train_batches", "limit_val_batches", "overfit_batches", "strategy", "sync_batchnorm"):
+        cfg.pop(key, None)
+    cfg["devices"] = 1  # one process: outputs of a spawned pool would not come back
+    trainer = instantiate(cfg, **overrides)
+    trainer.predict(module, datamodule=datamodule, return_predictions=False)
+    return writer.written
+
+
+def evaluate_split(datamodule: Any, pred_dir: Path, split: str, tag: str) -> dict[str, Any]:
+    """Score ``pred_dir`` against the split's GT with the official metric; prints the table."""
+    from dhr.ops.evaluation import evaluate_folder
+    from dhr.ops.metrics import summary_line
+    from dhr.utils.io import atomic_write_json
+    from dhr.utils.report import class_table
+
+    info = datamodule.info
+    result = evaluate_folder(pred_dir, datamodule.layout.mask_dir(split), num_classes=info.num_classes,
+                             ignore_index=info.ignore_index, background_id=info.background_id,
+                             skip_background_only=not info.eval_background_only)
+    scores = result.scores
+    class_table(info.classes, scores, title=f"{tag}: {info.name}/{info.split_dir_name(split)}")
+    print(f"evaluated {result.evaluated} / expected {result.expected} images")
+    print(summary_line(tag, scores))
+    out = {"mIoU": scores.miou, "mFPR": scores.mfpr, "mFNR": scores.mfnr, "evaluated": result.evaluated,
+           "per_class_IoU": dict(zip(info.classes, [None if v != v else float(v) for v in scores.iou], strict=True))}
+    atomic_write_json(pred_dir.parent / f"{pred_dir.name}_scores.json", out)
+    return out
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    from hydra.utils import instantiate
+
+    from dhr.data.datamodule import SegmentationDataModule
+
+    out_dir = Path(cfg.out_dir)
+    check_out_dir(out_dir, cfg.overwrite)
+    module = load_module(cfg.ckpt)
+    datamodule = SegmentationDataModule(data_root=cfg.paths.data_root, dataset=OmegaConf.to_container(cfg.dataset, resolve=True),
+                                        predict_split=cfg.split, val_split=None, num_workers=cfg.num_workers,
+                                        validate="quick")
+    if datamodule.info.num_classes != module.hparams.num_classes:
+        from dhr.errors import DHRError
+
+        raise DHRError(f"{cfg.ckpt} predicts {module.hparams.num_classes} classes but dataset "
+                       f"{datamodule.info.name} has {datamodule.info.num_classes}; pick the matching dataset=...")
+    datamodule.prepare_data()
+    written = predict_to_folder(module, datamodule, cfg.trainer, out_dir, cfg.infer)
+    log.info("wrote %d label PNGs to %s", written, out_dir)
+    result: dict[str, Any] = {"out_dir": str(out_dir), "written": written}
+    if cfg.evaluate and datamodule.layout.mask_dir(cfg.split).is_dir():
+        result["scores"] = evaluate_split(datamodule, out_dir, cfg.split, tag=Path(cfg.ckpt).stem)
+    return result
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")
+def _main(cfg: DictConfig) -> None:
+    from dhr.errors import DHRError
+
+    try:
+        run(cfg)
+    except DHRError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main() -> None:
+    """Console script ``dhr-predict``."""
+    _main()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""``python -m dhr.train``: compose data, model, callbacks, loggers and trainer, then fit.
+
+With ``evaluate_after_fit`` the final EMA weights predict the val split and the official table
+is printed, so the default command is a complete supervised experiment.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig
+
+from dhr.conf_path import CONFIG_DIR
+
+log = logging.getLogger(__name__)
+
+
+def resolve_ckpt(ckpt_path: str | None, output_dir: Path) -> str | None:
+    """``last`` means this run directory's ``checkpoints/last.ckpt`` (a requeued job's own)."""
+    if ckpt_path in (None, ""):
+        return None
+    if ckpt_path == "last":
+        last = output_dir / "checkpoints" / "last.ckpt"
+        if last.is_file():
+            return str(last)
+        log.warning("ckpt_path=last but %s does not exist: starting from scratch "
+                    "(set hydra.run.dir to the run you want to resume)", last)
+        return None
+    if not Path(ckpt_path).is_file():
+        from dhr.errors import DHRError
+
+        raise DHRError(f"ckpt_path={ckpt_path}: checkpoint not found")
+    return ckpt_path
+
+
+def check_launch(cfg: DictConfig) -> None:
+    """Refuse combinations that cannot work, before anything heavy starts."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from dhr.errors import DHRError
+
+    strategy = str(cfg.trainer.get("strategy", "auto"))
+    if HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN" and strategy.startswith("ddp") \
+            and not strategy.startswith("ddp_spawn") and "submitit_slurm" not in str(HydraConfig.get().launcher.get("_target_", "")):
+        raise DHRError("trainer.strategy=ddp inside a local multirun re-launches the whole sweep in every rank; "
+                       "use trainer=ddp_cpu / strategy=ddp_spawn, one device per job, or hydra/launcher=slurm")
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train (and evaluate); returns the final metrics."""
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+
+    from dhr.callbacks.ema import EMA
+    from dhr.utils.instantiate import instantiate_group
+
+    check_launch(cfg)
+    pl.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    datamodule = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    callbacks = instantiate_group(cfg.get("callbacks"))
+    loggers = instantiate_group(cfg.get("logger"))
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    metrics: dict[str, Any] = {}
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt(cfg.get("ckpt_path"), output_dir))
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if cfg.evaluate_after_fit and not trainer.fast_dev_run and trainer.is_global_zero and datamodule.val_split:
+            from dhr.predict import evaluate_split, predict_to_folder
+
+            ema = next((c for c in callbacks if isinstance(c, EMA)), None)
+            if ema is not None:
+                ema.copy_to(model)
+            split = datamodule.val_split
+            datamodule.predict_split = split
+            pred_dir = output_dir / "predictions" / datamodule.info.split_dir_name(split)
+            predict_to_folder(model, datamodule, cfg.trainer, pred_dir, cfg.infer)
+            scores = evaluate_split(datamodule, pred_dir, split, tag=f"{cfg.model.get('_target_', 'model').rsplit('.', 1)[-1]}")
+            metrics.update({f"eval/{k}": v for k, v in scores.items() if isinstance(v, float)})
+    finally:
+        if any(type(lg).__name__ == "WandbLogger" for lg in loggers):
+            import wandb
+
+            wandb.finish()
+    log.info("run directory: %s", output_dir)
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def _main(cfg: DictConfig) -> float | None:
+    from dhr.errors import DHRError
+
+    try:
+        metrics = run(cfg)
+    except DHRError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    return metrics.get("val/mIoU")  # for sweepers that optimise a value
+
+
+def main() -> None:
+    """Console script ``dhr-train``."""
+    _main()
+
+
+if __name__ == "__main__":
+    main()
