@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from dhr.conf_path import CONFIG_DIR
 

@@ -86,7 +86,6 @@ def evaluate_split(datamodule: Any, pred_dir: Path, split: str, tag: str) -> dic
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    from hydra.utils import instantiate
 
     from dhr.data.datamodule import SegmentationDataModule
 

@@ -44,10 +44,14 @@ def check_launch(cfg: DictConfig) -> None:
     from dhr.errors import DHRError
 
     strategy = str(cfg.trainer.get("strategy", "auto"))
-    if HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN" and strategy.startswith("ddp") \
-            and not strategy.startswith("ddp_spawn") and "submitit_slurm" not in str(HydraConfig.get().launcher.get("_target_", "")):
+    if not HydraConfig.initialized() or not strategy.startswith("ddp") or strategy.startswith("ddp_spawn"):
+        return
+    hydra_cfg = HydraConfig.get()
+    multirun = hydra_cfg.mode is not None and hydra_cfg.mode.name == "MULTIRUN"
+    on_slurm = "submitit_slurm" in str(hydra_cfg.launcher.get("_target_", "")) if hydra_cfg.get("launcher") else False
+    if multirun and not on_slurm:
         raise DHRError("trainer.strategy=ddp inside a local multirun re-launches the whole sweep in every rank; "
-                       "use trainer=ddp_cpu / strategy=ddp_spawn, one device per job, or hydra/launcher=slurm")
+                       "use trainer=ddp_cpu (ddp_spawn), one device per job, or hydra/launcher=slurm")
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO, SHARED_DATA, compose_cfg
+
 from dhr.data.palette import make_palette
 from dhr.errors import DHRError
 from dhr.evaluate import run
@@ -50,7 +50,7 @@ def test_damaged_predictions_lower_the_score_by_the_exact_amount(tmp_path):
         conf_rows.append((gt, pred))
     out = run(eval_cfg(tmp_path, f"pred={pred_dir}", f"gt={VOC_VAL / 'mask'}", "dataset=voc", "workers=2"))
     # reference: the release's per-class loop of three masked sums per image
-    tp = np.zeros(21); p = np.zeros(21); t = np.zeros(21)
+    tp, p, t = np.zeros(21), np.zeros(21), np.zeros(21)
     for gt, pred in conf_rows:
         valid = gt < 255
         for c in range(21):

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SHARED_DATA
 from PIL import Image
 
-from conftest import SHARED_DATA
 from dhr.data.layout import DatasetInfo, DatasetLayout
 from dhr.data.palette import make_palette
 from dhr.data.tags import write_xml
@@ -116,9 +116,8 @@ def test_shared_voc_sample_validates_with_cls_labels_json():
 
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="shared data not present")
 def test_shared_ade_sample_validates_without_background(tmp_path):
-    from omegaconf import OmegaConf
-
     from conftest import REPO
+    from omegaconf import OmegaConf
 
     cfg = OmegaConf.load(REPO / "conf" / "dataset" / "ade.yaml")
     info = DatasetInfo.from_cfg({**OmegaConf.to_container(cfg), "name": "ade20k_sample", "splits": {}})

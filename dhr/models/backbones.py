@@ -43,13 +43,15 @@ def create_backbone(
     try:
         model = timm.create_model(name, **create_kwargs)
     except RuntimeError as err:
+        if "Unknown model" in str(err):
+            raise DHRError(f"backbone.name={name!r}: timm has no such model") from None
         if weights:
             raise DHRError(
                 f"backbone.weights={weights}: its keys or shapes do not fit timm {name!r} ({str(err).splitlines()[0]}); "
                 "check that the file holds weights of this architecture"
             ) from None
         raise
-    except (RuntimeError, ValueError, KeyError) as err:  # unknown model names
+    except (ValueError, KeyError) as err:  # unknown model names
         raise DHRError(f"backbone.name={name!r}: cannot create it with timm ({err})") from None
     if output_stride < 32 and hasattr(model, "layer4"):
         undilate_first_blocks(model)

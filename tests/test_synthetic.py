@@ -1,0 +1,75 @@
+"""The generated default dataset: deterministic, valid, and showing the two problems DHR targets."""
+
+from __future__ import annotations
+
+import filecmp
+
+import numpy as np
+import pytest
+from conftest import TINY_SYNTH
+from PIL import Image
+
+from dhr.data.layout import DatasetInfo, DatasetLayout
+from dhr.data.synthetic import FAMILY_COLOURS, SYNTH_CLASSES, generate, render
+from dhr.errors import DHRError
+
+
+def test_generation_is_deterministic_and_valid(synth_root, tmp_path):
+    again = generate(tmp_path, "SYNTH", progress=False, **TINY_SYNTH)
+    first = synth_root / "SYNTH"
+    for sub in ("train/image", "train/mask", "validation/xml"):
+        cmp = filecmp.dircmp(first / sub, again / sub)
+        assert not cmp.diff_files and not cmp.left_only and not cmp.right_only
+    layout = DatasetLayout(synth_root, DatasetInfo(name="SYNTH", classes=SYNTH_CLASSES, splits={"val": "validation"}))
+    assert len(layout.validate("train", tags=True)) == TINY_SYNTH["num_train"]
+    assert len(layout.validate("val", tags=True)) == TINY_SYNTH["num_val"]
+
+
+def test_existing_folder_with_other_parameters_is_never_overwritten(synth_root):
+    with pytest.raises(DHRError, match="delete the folder to regenerate"):
+        generate(synth_root, "SYNTH", progress=False, **{**TINY_SYNTH, "num_train": 5})
+
+
+def _class_stats(n: int = 300):
+    """Mean colour and a texture statistic per class over many rendered images."""
+    colours = {c: [] for c in range(len(SYNTH_CLASSES))}
+    sizes = {c: [] for c in range(len(SYNTH_CLASSES))}
+    touching = []
+    for i in range(n):
+        image, label, _ = render(np.random.default_rng([7, i]), 120, 136)
+        for c in np.unique(label):
+            m = label == c
+            colours[c].append(image[m].mean(0))
+            sizes[c].append(m.sum())
+        for minor in (7, 8):
+            m = label == minor
+            if m.any():
+                grown = m.copy()
+                grown[1:] |= m[:-1]
+                grown[:-1] |= m[1:]
+                grown[:, 1:] |= m[:, :-1]
+                grown[:, :-1] |= m[:, 1:]
+                neighbours = set(np.unique(label[grown & ~m]).tolist())
+                touching.append(bool(neighbours & {1, 2, 3, 4, 5, 6}))
+    return ({c: np.mean(v, 0) for c, v in colours.items() if v}, {c: np.median(v) for c, v in sizes.items() if v}, touching)
+
+
+def test_families_share_colour_and_minor_objects_are_small_and_adjacent():
+    colours, sizes, touching = _class_stats()
+    for a, b in ((1, 2), (3, 4), (5, 6)):  # same family: same mean colour
+        assert np.abs(colours[a] - colours[b]).max() < 12
+    for a, b in ((1, 3), (1, 5), (3, 5)):  # different families: far apart
+        assert np.abs(colours[a] - colours[b]).max() > 60
+    large = np.median([sizes[c] for c in range(1, 7)])
+    assert sizes[7] < large / 8 and sizes[8] < large / 8
+    assert np.mean(touching) > 0.9  # minor objects sit on the boundary of a large object
+    assert set(FAMILY_COLOURS) == {"warm", "cool", "leaf"}
+
+
+def test_xml_tags_match_mask_classes(synth_root):
+    info = DatasetInfo(name="SYNTH", classes=SYNTH_CLASSES)
+    layout = DatasetLayout(synth_root, info)
+    tags = layout.read_tags("train")
+    for image_id, ids in tags.items():
+        mask = np.asarray(Image.open(layout.mask_path("train", image_id)))
+        assert tuple(int(c) for c in np.unique(mask) if c != 0) == ids

@@ -1,0 +1,98 @@
+"""dhr.train / dhr.predict in-process on the tiny synthetic set: the whole loop on real computation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import compose_cfg, tiny_train_overrides
+
+from dhr.errors import DHRError
+from dhr.utils.io import read_label_png
+
+
+def train_cfg(tmp_path, synth_root, *extra: str):
+    return compose_cfg("train", [*tiny_train_overrides(synth_root), *extra], tmp_path / "run")
+
+
+def test_fit_writes_checkpoints_ema_and_evaluates_val(tmp_path, synth_root, capsys):
+    from dhr.train import run
+
+    metrics = run(train_cfg(tmp_path, synth_root))
+    run_dir = tmp_path / "run"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    assert last.is_file() and (run_dir / "checkpoints" / "best.ckpt").is_file()
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    assert "ema_state_dict" in state
+    online, ema = state["state_dict"], state["ema_state_dict"]
+    key = "net.head.classifier.weight"
+    assert not torch.equal(online[key], ema[key])  # EMA differs from the online weights
+    preds = sorted((run_dir / "predictions" / "validation").glob("*.png"))
+    assert len(preds) == 8
+    label = read_label_png(preds[0])
+    gt = read_label_png(synth_root / "SYNTH" / "validation" / "mask" / preds[0].name)
+    assert label.shape == gt.shape and label.max() < 9
+    out = capsys.readouterr().out
+    assert "SegmentationModule | mIoU:" in out and "evaluated 8 / expected" in out
+    assert 0.0 <= metrics["eval/mIoU"] <= 100.0 and "val/mIoU" in metrics
+    assert (run_dir / "csv" / "version_0" / "metrics.csv").is_file()
+
+
+def test_resume_from_last_continues_the_step_count(tmp_path, synth_root):
+    from dhr.train import run
+
+    run(train_cfg(tmp_path, synth_root, "evaluate_after_fit=false"))
+    before = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    run(train_cfg(tmp_path, synth_root, "evaluate_after_fit=false", "ckpt_path=last", "dataset.recipe.max_epochs=2"))
+    after = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert before["global_step"] == 3 and after["global_step"] == 6 and after["epoch"] == 1
+
+
+def test_predict_cli_writes_pngs_and_refuses_to_overwrite(tmp_path, synth_root):
+    from dhr.predict import run as predict
+    from dhr.train import run as train
+
+    train(train_cfg(tmp_path, synth_root, "evaluate_after_fit=false"))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    out_dir = tmp_path / "preds"
+    overrides = [f"paths.data_root={synth_root}", f"ckpt={ckpt}", f"out_dir={out_dir}", "split=train",
+                 "infer.scales=[1.0]", "infer.flip=false", "trainer.accelerator=cpu", "num_workers=0",
+                 "dataset.generate=null"]
+    result = predict(compose_cfg("predict", overrides, tmp_path / "p1"))
+    assert result["written"] == 24 and len(list(out_dir.glob("*.png"))) == 24
+    assert 0 <= result["scores"]["mIoU"] <= 100
+    with pytest.raises(DHRError, match="already holds predictions"):
+        predict(compose_cfg("predict", overrides, tmp_path / "p2"))
+    predict(compose_cfg("predict", [*overrides, "overwrite=true"], tmp_path / "p3"))
+
+
+def test_bad_training_mask_fails_before_training(tmp_path, synth_root):
+    import shutil
+
+    from dhr.data.palette import make_palette
+    from dhr.train import run
+    from dhr.utils.io import save_label_png
+
+    masks = tmp_path / "pseudo"
+    shutil.copytree(synth_root / "SYNTH" / "train" / "mask", masks)
+    bad = read_label_png(masks / "tr_00003.png").copy()
+    bad[0, 0] = 77
+    save_label_png(masks / "tr_00003.png", bad, make_palette("voc", 9))
+    (masks / "tr_00005.png").unlink()
+    with pytest.raises(DHRError, match=r"(?s)2 problem.*tr_00003.png: values \[77\].*tr_00005.png: missing mask"):
+        run(train_cfg(tmp_path, synth_root, f"data.masks={masks}"))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_nan_loss_is_reported_with_a_fix(tmp_path, synth_root):
+    from dhr.train import run
+
+    with pytest.raises(DHRError, match="training loss is nan.*lower optim.lr"):
+        run(train_cfg(tmp_path, synth_root, "model.optim.lr=1e30", "trainer.limit_train_batches=3"))
+
+
+def test_fast_dev_run_composes_every_trainer_flag(tmp_path, synth_root):
+    from dhr.train import run
+
+    metrics = run(train_cfg(tmp_path, synth_root, "debug=fdr"))
+    assert np.isfinite(metrics["train/loss_step"])
