@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import pickle
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,15 +28,14 @@ def load_module(ckpt: str | Path, map_location: str = "cpu") -> Any:
     if not path.is_file():
         raise DHRError(f"ckpt={ckpt}: checkpoint not found; pass a .ckpt written by dhr.train")
     try:
-        module = SegmentationModule.load_from_checkpoint(path, map_location=map_location)
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, KeyError, EOFError) as err:
-        raise DHRError(f"{path}: not a readable dhr checkpoint ({str(err).splitlines()[0]})") from None
-    if CKPT_KEY in state:
-        module.load_state_dict(state[CKPT_KEY])
-    else:
+        module = SegmentationModule(**state["hyper_parameters"])
+    except (RuntimeError, KeyError, EOFError, TypeError, ValueError, pickle.UnpicklingError) as err:
+        raise DHRError(f"{path}: not a readable dhr segmentation checkpoint ({str(err).splitlines()[0]})") from None
+    if CKPT_KEY not in state:
         log.warning("%s has no EMA weights; predicting with the online weights", path)
-    return module
+    module.load_state_dict(state.get(CKPT_KEY, state["state_dict"]))
+    return module.eval()
 
 
 def check_out_dir(out_dir: Path, overwrite: bool) -> None:

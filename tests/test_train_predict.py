@@ -96,3 +96,14 @@ def test_fast_dev_run_composes_every_trainer_flag(tmp_path, synth_root):
 
     metrics = run(train_cfg(tmp_path, synth_root, "debug=fdr"))
     assert np.isfinite(metrics["train/loss_step"])
+
+
+def test_unreadable_checkpoint_is_named(tmp_path):
+    from dhr.predict import load_module
+
+    bad = tmp_path / "broken.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(DHRError, match="broken.ckpt: not a readable dhr segmentation checkpoint"):
+        load_module(bad)
+    with pytest.raises(DHRError, match="checkpoint not found"):
+        load_module(tmp_path / "missing.ckpt")

@@ -64,11 +64,8 @@ def undilate_first_blocks(model: nn.Module) -> None:
         stage = getattr(model, stage_name, None)
         if stage is None:
             continue
-        blocks = list(stage.children())
-        if len(blocks) < 2 or not any(_dilation(m) > 1 for m in blocks[1].modules()):
-            if not any(_dilation(m) > 1 for m in blocks[0].modules()):
-                continue
-        for module in blocks[0].modules():
+        first_block = next(iter(stage.children()))
+        for module in first_block.modules():
             if isinstance(module, nn.Conv2d) and module.kernel_size == (3, 3) and _dilation(module) > 1:
                 module.dilation = (1, 1)
                 module.padding = (1, 1)

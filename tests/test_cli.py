@@ -1,0 +1,50 @@
+"""Command-line behaviour in real subprocesses (slow: each pays the import cost)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, tiny_train_overrides
+
+pytestmark = pytest.mark.slow
+
+
+def test_help_lists_groups_without_importing_torch():
+    code = ("import sys, runpy; sys.argv = ['dhr.train', '--help']\n"
+            "try:\n    runpy.run_module('dhr.train', run_name='__main__')\n"
+            "except SystemExit:\n    pass\n"
+            "assert 'torch' not in sys.modules, 'torch imported by --help'\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
+    for group in ("dataset:", "backbone:", "trainer:", "logger:", "debug:", "experiment:"):
+        assert group in out
+    assert "synthetic" in out and "voc" in out and "python -m dhr.evaluate" in out
+
+
+def test_unknown_dataset_option_is_a_clear_hydra_error():
+    res = subprocess.run([sys.executable, "-m", "dhr.train", "dataset=vocc"], capture_output=True, text=True, cwd=REPO)
+    assert res.returncode != 0 and "Could not find 'dataset/vocc'" in res.stderr
+
+
+def test_bad_input_exits_2_with_one_line_error(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "dhr.train", f"paths.data_root={tmp_path}", "dataset=voc",
+                          f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, cwd=REPO)
+    assert res.returncode == 2
+    assert "error:" in res.stderr and "split folder not found" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_ddp_cpu_two_processes_train_and_checkpoint(tmp_path, synth_root):
+    overrides = [o for o in tiny_train_overrides(synth_root) if not o.startswith("~callbacks")]
+    res = subprocess.run(
+        [sys.executable, "-m", "dhr.train", *overrides, "trainer=ddp_cpu", "evaluate_after_fit=false",
+         "callbacks.progress_bar._target_=pytorch_lightning.callbacks.TQDMProgressBar", f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
+    import torch
+
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert ckpt["global_step"] == 3  # each of the 2 processes ran 3 steps of the global batch
