@@ -96,9 +96,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             for i, name in enumerate(info.classes)
         },
     }
-    if cfg.json:
-        atomic_write_json(cfg.json, out)
-        log.info("scores written to %s", cfg.json)
+    target = json_path(cfg)
+    if target is not None:
+        atomic_write_json(target, out)
+        log.info("scores written to %s", target)
     return out
 
 
@@ -106,22 +107,65 @@ def _num(x: float) -> float | None:
     return None if x != x else float(x)  # NaN → null in JSON
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="evaluate")
-def _main(cfg: DictConfig) -> None:
+USAGE = """usage: python -m dhr.evaluate pred=DIR [gt=DIR] [dataset=voc] [key=value ...] [--cfg] [--help]
+
+Scores a folder of label PNGs with the official DHR metric. Keys (conf/evaluate.yaml):
+  pred, gt, split, tag, fix, allow_missing, skip_background_only, skip_untagged, workers,
+  table, json, paths.data_root; group dataset=<option>.
+Exit status: 0 ok, 1 predictions missing (without allow_missing=true), 2 bad input.
+"""
+
+
+def compose(overrides: list[str]) -> DictConfig:
+    """Compose conf/evaluate.yaml once (no Hydra run machinery: start-up is part of the speed)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="evaluate"):
+        cfg = hydra_compose(config_name="evaluate", overrides=overrides)
+    return cfg
+
+
+def json_path(cfg: DictConfig) -> Path | None:
+    """Where the JSON goes: ``auto`` = ``{log_dir}/evaluate/runs/<date>_<time>/scores.json``."""
+    if not cfg.json:
+        return None
+    if cfg.json == "auto":
+        from datetime import datetime
+
+        stamp = datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+        return Path(cfg.paths.log_dir) / "evaluate" / "runs" / stamp / "scores.json"
+    return Path(cfg.json)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console script ``dhr-evaluate``: Hydra-style ``key=value`` overrides."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--help" in argv or "-h" in argv:
+        options = sorted(p.stem for p in (CONFIG_DIR / "dataset").glob("*.yaml"))
+        print(USAGE + f"dataset options: {', '.join(options)}")
+        return
+    show = "--cfg" in argv
+    argv = [a for a in argv if a != "--cfg"]
     from dhr.errors import DHRError
 
     try:
+        cfg = compose(argv)
+        if show:
+            print(OmegaConf.to_yaml(cfg))
+            return
+        logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
         out = run(cfg)
     except DHRError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except Exception as err:  # composition errors (unknown key or group option)
+        if type(err).__module__.startswith(("hydra", "omegaconf")):
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        raise
     if out["missing"] and not cfg.allow_missing:
         sys.exit(1)
-
-
-def main() -> None:
-    """Console script ``dhr-evaluate``."""
-    _main()
 
 
 if __name__ == "__main__":

@@ -84,7 +84,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             datamodule.predict_split = split
             pred_dir = output_dir / "predictions" / datamodule.info.split_dir_name(split)
             predict_to_folder(model, datamodule, cfg.trainer, pred_dir, cfg.infer)
-            scores = evaluate_split(datamodule, pred_dir, split, tag=f"{cfg.model.get('_target_', 'model').rsplit('.', 1)[-1]}")
+            scores = evaluate_split(datamodule, pred_dir, split, tag=cfg.tag)
             metrics.update({f"eval/{k}": v for k, v in scores.items() if isinstance(v, float)})
     finally:
         if any(type(lg).__name__ == "WandbLogger" for lg in loggers):

@@ -48,3 +48,26 @@ def test_ddp_cpu_two_processes_train_and_checkpoint(tmp_path, synth_root):
 
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 3  # each of the 2 processes ran 3 steps of the global batch
+
+
+def test_local_submitit_sweep_runs_one_job_per_value(tmp_path, synth_root):
+    overrides = [o for o in tiny_train_overrides(synth_root) if not o.startswith("~callbacks")]
+    sweep = tmp_path / "sweep"
+    res = subprocess.run(
+        [sys.executable, "-m", "dhr.train", "-m", "hydra/launcher=local", *overrides, "debug=fdr", "seed=1,2",
+         "callbacks.progress_bar._target_=pytorch_lightning.callbacks.TQDMProgressBar", f"hydra.sweep.dir={sweep}"],
+        capture_output=True, text=True, cwd=REPO, timeout=600,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    for job in ("0", "1"):
+        assert (sweep / job / ".hydra" / "overrides.yaml").is_file()
+    assert "seed=2" in (sweep / "1" / ".hydra" / "overrides.yaml").read_text()
+
+
+def test_local_multirun_with_plain_ddp_is_refused(tmp_path):
+    res = subprocess.run(
+        [sys.executable, "-m", "dhr.train", "-m", "trainer.strategy=ddp", "seed=1,2", f"paths.data_root={tmp_path}",
+         f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )
+    assert res.returncode == 2 and "re-launches the whole sweep" in res.stderr

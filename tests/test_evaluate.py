@@ -21,7 +21,7 @@ VOC_VAL = SHARED_DATA / "voc2012_sample" / "val"
 
 
 def eval_cfg(tmp_path: Path, *overrides: str):
-    return compose_cfg("evaluate", [*overrides, "table=false"], tmp_path / "run")
+    return compose_cfg("evaluate", [*overrides, "table=false", f"json={tmp_path / 'run' / 'scores.json'}"], tmp_path / "run")
 
 
 @pytest.mark.skipif(not VOC_VAL.is_dir(), reason="shared VOC sample not present")
@@ -103,7 +103,7 @@ def test_missing_predictions_are_reported_and_fail_the_cli(tmp_path):
     out = run(eval_cfg(tmp_path, f"pred={pred}", f"gt={gt}", "dataset=voc"))
     assert out["missing"] == ["b", "c"] and out["evaluated"] == 1 and out["expected"] == 3
     cmd = [sys.executable, "-m", "dhr.evaluate", f"pred={pred}", f"gt={gt}", "dataset=voc", "table=false",
-           f"hydra.run.dir={tmp_path / 'cli'}"]
+           f"json={tmp_path / 'cli' / 'scores.json'}"]
     failed = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert failed.returncode == 1, failed.stderr
     assert "2 prediction(s) missing" in failed.stderr and "allow_missing=true" in failed.stderr

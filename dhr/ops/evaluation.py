@@ -47,23 +47,27 @@ class _Job:
 def _score_chunk(job: _Job, ids: Sequence[str]) -> EvalResult:
     c = job.num_classes
     result = EvalResult(conf=np.zeros((c, c + 2), dtype=np.int64))
-    skip_lut = None
+    counted = np.ones(c, dtype=bool)  # GT classes that make an image count under the skip rule
     if job.skip_values is not None:
-        skip_lut = np.ones(256, dtype=bool)
-        skip_lut[list(job.skip_values)] = False  # True = a value that makes the image count
+        counted[[v for v in job.skip_values if v < c]] = False
+
+    def skipped(gt_classes_present: np.ndarray) -> bool:
+        return job.skip_values is not None and not gt_classes_present[counted].any()
+
     for image_id in ids:
         gt_path = os.path.join(job.gt_dir, image_id + ".png")
         gt = read_label_png(gt_path)
-        if skip_lut is not None and not skip_lut[np.unique(gt)].any():
-            result.skipped.append(image_id)
-            continue
-        result.expected += 1
         pred_path = os.path.join(job.pred_dir, image_id + ".png")
-        if not os.path.exists(pred_path):
-            result.missing.append(image_id)
-            continue
-        pred = read_label_png(pred_path)
-        if pred.shape != gt.shape:
+        pred = read_label_png(pred_path) if os.path.exists(pred_path) else None
+        if pred is None or pred.shape != gt.shape:
+            # rare path: decide the skip rule from the GT alone, then report the problem
+            if skipped(np.bincount(gt.ravel(), minlength=256)[:c] > 0):
+                result.skipped.append(image_id)
+                continue
+            result.expected += 1
+            if pred is None:
+                result.missing.append(image_id)
+                continue
             raise DHRError(
                 f"{pred_path}: prediction is {pred.shape[1]}x{pred.shape[0]} but GT {gt_path} is "
                 f"{gt.shape[1]}x{gt.shape[0]} (WxH); predictions must have the image size"
@@ -72,6 +76,10 @@ def _score_chunk(job: _Job, ids: Sequence[str]) -> EvalResult:
             counts = confusion(gt, pred, c, job.ignore_index)
         except ValueError as err:
             raise DHRError(f"{gt_path}: {err}") from None
+        if skipped(counts.sum(axis=1) > 0):
+            result.skipped.append(image_id)
+            continue
+        result.expected += 1
         result.conf += counts
         result.out_of_range_pixels += int(counts[:, c + 1].sum())
         result.evaluated += 1

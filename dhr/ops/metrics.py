@@ -16,31 +16,34 @@ def confusion(gt: np.ndarray, pred: np.ndarray, num_classes: int, ignore_index: 
     """Counts of (GT class, prediction) on the valid pixels of one image: (C, C + 2) int64.
 
     Columns 0..C-1 are classes, column C counts predictions equal to ``ignore_index`` and column
-    C + 1 any other value >= C; both extra columns are misses. One ``bincount``, no masking copy.
+    C + 1 any other value >= C; both extra columns are misses. For 8-bit maps this is one
+    ``bincount`` of ``gt << 8 | pred`` folded into the (C, C + 2) table.
     """
     if gt.shape != pred.shape:
         raise ValueError(f"GT shape {gt.shape} != prediction shape {pred.shape}")
     c = num_classes
-    width = c + 2
-    if pred.dtype == np.uint8:
-        lut = np.full(256, c + 1, dtype=np.intp)
-        lut[: min(c, 256)] = np.arange(min(c, 256))
-        if 0 <= ignore_index < 256 and ignore_index >= c:
-            lut[ignore_index] = c
-        cols = lut[pred.ravel()]
+    if gt.dtype == np.uint8 and pred.dtype == np.uint8:
+        key = gt.astype(np.intp)
+        key <<= 8
+        key |= pred
+        joint = np.bincount(key.ravel(), minlength=65536).reshape(256, 256)
     else:
-        p = pred.ravel().astype(np.int64)
-        cols = np.where(p < c, p, np.where(p == ignore_index, c, c + 1))
-        cols = np.where(p < 0, c + 1, cols)
-    rows = gt.ravel().astype(np.intp)
-    counts = np.bincount(rows * width + cols, minlength=c * width)
-    tail = counts[c * width :]
-    if tail.any():
-        present = np.unique(np.flatnonzero(tail) // width) + c
-        bad_rows = [int(r) for r in present if r != ignore_index]
-        if bad_rows:
-            raise ValueError(f"GT holds value(s) {bad_rows[:5]} that are neither class ids < {c} nor {ignore_index}")
-    return counts[: c * width].reshape(c, width).astype(np.int64)
+        g = gt.astype(np.int64).ravel()
+        p = pred.astype(np.int64).ravel()
+        if g.min(initial=0) < 0 or g.max(initial=0) > 255 or p.min(initial=0) < 0 or p.max(initial=0) > 255:
+            raise ValueError("label maps must hold values in 0..255")
+        joint = np.bincount(g * 256 + p, minlength=65536).reshape(256, 256)
+    bad_rows = [r for r in np.flatnonzero(joint[c:].any(axis=1)) + c if r != ignore_index]
+    if bad_rows:
+        raise ValueError(f"GT holds value(s) {bad_rows[:5]} that are neither class ids < {c} nor {ignore_index}")
+    rows = joint[:c]
+    conf = np.zeros((c, c + 2), dtype=np.int64)
+    conf[:, :c] = rows[:, :c]
+    beyond = rows[:, c:].sum(axis=1)
+    if c <= ignore_index < 256:
+        conf[:, c] = rows[:, ignore_index]
+    conf[:, c + 1] = beyond - conf[:, c]
+    return conf
 
 
 @dataclass(frozen=True)
