@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from dhr.conf_path import CONFIG_DIR
 

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, tiny_train_overrides
 
 pytestmark = pytest.mark.slow

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from conftest import SHARED_DATA, compose_cfg
 from omegaconf import OmegaConf
 
-from conftest import SHARED_DATA, compose_cfg
 from dhr.conf_path import CONFIG_DIR
 from dhr.data.layout import DatasetInfo
 
