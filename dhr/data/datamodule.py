@@ -1,0 +1,130 @@
+"""LightningDataModule over the official tree: validates up front, then serves crops and images."""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from dhr.data.datasets import SegmentationDataset, pad_collate
+from dhr.data.layout import DatasetInfo, DatasetLayout
+from dhr.data.synthetic import generate_from_cfg
+from dhr.data.transforms import eval_transform, train_transform
+from dhr.errors import DHRError
+
+
+class SegmentationDataModule(pl.LightningDataModule):
+    """Training crops with GT (``masks="gt"``) or pseudo masks from a folder; whole images for val/predict.
+
+    ``batch_size`` is the global batch: each of the trainer's processes gets an equal share.
+    """
+
+    def __init__(
+        self,
+        *,
+        data_root: str,
+        dataset: Mapping[str, Any],
+        train_split: str = "train",
+        val_split: str | None = "val",
+        predict_split: str = "val",
+        masks: str = "gt",
+        batch_size: int = 16,
+        val_batch_size: int = 8,
+        num_workers: int = 2,
+        crop_size: int = 512,
+        resize_long: Sequence[int] = (320, 640),
+        flip: float = 0.5,
+        jitter: Sequence[float] | None = (0.3, 0.3, 0.3, 0.1),
+        validate: str = "full",
+        with_tags: bool = False,
+    ) -> None:
+        super().__init__()
+        self.dataset_cfg = dict(dataset)
+        self.info = DatasetInfo.from_cfg(self.dataset_cfg)
+        self.layout = DatasetLayout(data_root, self.info)
+        self.train_split, self.val_split, self.predict_split = train_split, val_split, predict_split
+        self.masks = masks
+        self.batch_size, self.val_batch_size = int(batch_size), int(val_batch_size)
+        self.num_workers = min(int(num_workers), os.cpu_count() or 1)
+        self.crop_size, self.resize_long, self.flip, self.jitter = int(crop_size), list(resize_long), flip, jitter
+        if validate not in ("full", "quick", "off"):
+            raise DHRError(f"data.validate={validate!r}: use full, quick or off")
+        self.validate = validate
+        self.with_tags = with_tags
+        self.data_train: SegmentationDataset | None = None
+        self.data_val: SegmentationDataset | None = None
+        self.data_predict: SegmentationDataset | None = None
+
+    # -- set-up ---------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        generate_from_cfg(self.layout.data_root, self.dataset_cfg)
+
+    def train_mask_dir(self) -> Path:
+        if self.masks == "gt":
+            return self.layout.mask_dir(self.train_split)
+        folder = Path(self.masks)
+        if not folder.is_dir():
+            raise DHRError(f"data.masks={self.masks}: folder of training masks not found (use 'gt' for GT masks)")
+        return folder
+
+    def _check(self, split: str, mask_dir: Path | None, tags: bool) -> list[str]:
+        if self.validate == "off":
+            return self.layout.ids(split)
+        return self.layout.validate(split, masks=mask_dir is not None, tags=tags, mask_dir=mask_dir,
+                                    values=self.validate == "full")
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit") and self.data_train is None:
+            world = self.trainer.world_size if self.trainer is not None else 1
+            if self.batch_size % world:
+                raise DHRError(f"batch_size={self.batch_size} is not divisible by the {world} training processes")
+            mask_dir = self.train_mask_dir()
+            ids = self._check(self.train_split, mask_dir, self.with_tags)
+            tags = self.layout.read_tags(self.train_split, ids) if self.with_tags else None
+            self.data_train = SegmentationDataset(
+                self.layout, self.train_split, ids=ids, mask_dirs={"mask": mask_dir}, tags=tags,
+                transform=train_transform(crop_size=self.crop_size, resize_long=self.resize_long, flip=self.flip,
+                                          jitter=self.jitter, ignore_index=self.info.ignore_index),
+            )
+        if stage in (None, "fit", "validate") and self.val_split and self.data_val is None:
+            self.data_val = self._whole_images(self.val_split, with_masks=True)
+        if stage == "predict" and self.data_predict is None:
+            self.data_predict = self._whole_images(self.predict_split, with_masks=False)
+
+    def _whole_images(self, split: str, *, with_masks: bool) -> SegmentationDataset:
+        mask_dir = self.layout.mask_dir(split) if with_masks else None
+        ids = self._check(split, mask_dir, False)
+        return SegmentationDataset(self.layout, split, ids=ids, transform=eval_transform(),
+                                   mask_dirs={"mask": mask_dir} if mask_dir else None)
+
+    # -- loaders --------------------------------------------------------------------------------
+    def _per_device(self) -> int:
+        world = self.trainer.world_size if self.trainer is not None else 1
+        return self.batch_size // world
+
+    def _loader(self, data: SegmentationDataset, *, batch_size: int, shuffle: bool, drop_last: bool, collate=None) -> DataLoader:
+        return DataLoader(data, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=self.num_workers,
+                          pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0, collate_fn=collate)
+
+    def train_dataloader(self) -> DataLoader:
+        assert self.data_train is not None, "call setup('fit') first"
+        if len(self.data_train) < self._per_device():
+            raise DHRError(f"{len(self.data_train)} training images but a per-device batch of {self._per_device()}")
+        return self._loader(self.data_train, batch_size=self._per_device(), shuffle=True, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if self.data_val is None:
+            return []
+        return self._loader(self.data_val, batch_size=self.val_batch_size, shuffle=False, drop_last=False,
+                            collate=functools.partial(pad_collate, ignore_index=self.info.ignore_index))
+
+    def predict_dataloader(self) -> DataLoader:
+        assert self.data_predict is not None, "call setup('predict') first"
+        return self._loader(self.data_predict, batch_size=1, shuffle=False, drop_last=False,
+                            collate=functools.partial(pad_collate, ignore_index=self.info.ignore_index))
