@@ -54,6 +54,47 @@ def check_launch(cfg: DictConfig) -> None:
                        "use trainer=ddp_cpu (ddp_spawn), one device per job, or hydra/launcher=slurm")
 
 
+def fit_stages(cfg: DictConfig, model: Any, datamodule: Any, loggers: list[Any], output_dir: Path) -> Any:
+    """Fit every stage in ``cfg.stages`` (or the model once); returns the last trainer.
+
+    A multi-stage run keeps one checkpoint folder per stage and a ``done`` marker; with
+    ``ckpt_path=last`` finished stages are reloaded and skipped, an unfinished one resumes.
+    """
+    import torch
+    from hydra.utils import instantiate
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from dhr.utils.instantiate import instantiate_group
+
+    stages = list(cfg.get("stages") or [None])
+    trainer = None
+    for stage in stages:
+        callbacks = instantiate_group(cfg.get("callbacks"))
+        overrides: dict[str, Any] = {}
+        ckpt = resolve_ckpt(cfg.get("ckpt_path"), output_dir) if stage is None else None
+        if stage is not None:
+            model.set_stage(stage)
+            stage_dir = output_dir / "checkpoints" / stage
+            for cb in callbacks:
+                if isinstance(cb, ModelCheckpoint):
+                    cb.dirpath = str(stage_dir)
+            overrides["max_epochs"] = int(cfg.stage_epochs[stage])
+            resume = cfg.get("ckpt_path") == "last"
+            if resume and (stage_dir / "done").is_file():
+                state = torch.load(stage_dir / "last.ckpt", map_location="cpu", weights_only=True)
+                model.load_state_dict(state["state_dict"])
+                log.info("stage %s already finished: loaded %s", stage, stage_dir / "last.ckpt")
+                continue
+            ckpt = str(stage_dir / "last.ckpt") if resume and (stage_dir / "last.ckpt").is_file() else None
+            log.info("fitting stage %s for %d epoch(s)", stage, overrides["max_epochs"])
+        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt)
+        if stage is not None and trainer.is_global_zero and not trainer.fast_dev_run:
+            (output_dir / "checkpoints" / stage).mkdir(parents=True, exist_ok=True)
+            (output_dir / "checkpoints" / stage / "done").write_text("finished\n")
+    return trainer
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train (and evaluate); returns the final metrics."""
     import pytorch_lightning as pl
@@ -67,17 +108,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
-    callbacks = instantiate_group(cfg.get("callbacks"))
     loggers = instantiate_group(cfg.get("logger"))
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     metrics: dict[str, Any] = {}
     try:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt(cfg.get("ckpt_path"), output_dir))
+        trainer = fit_stages(cfg, model, datamodule, loggers, output_dir)
+        if trainer is None:
+            return metrics
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if hasattr(model, "report") and trainer.is_global_zero and not trainer.fast_dev_run:
+            metrics.update(model.report(datamodule))
         if cfg.evaluate_after_fit and not trainer.fast_dev_run and trainer.is_global_zero and datamodule.val_split:
             from dhr.predict import evaluate_split, predict_to_folder
 
-            ema = next((c for c in callbacks if isinstance(c, EMA)), None)
+            ema = next((c for c in trainer.callbacks if isinstance(c, EMA)), None)
             if ema is not None:
                 ema.copy_to(model)
             split = datamodule.val_split

@@ -1,0 +1,203 @@
+"""``python -m dhr.features``: export CAUSE teacher-head features for DHR (``cause-method.md`` §10).
+
+For every image of a split: scales (2.0, 1.0, 1.5, 0.5), each side of int(H s) x int(W s)
+rounded up to a multiple of the patch size, bilinear resize; the image and its flip through
+the frozen ViT and the teacher head; un-flip and average; resize to the grid of the first
+scale and average over scales. Saved as fp16 (reduced_dim, h_f, w_f) at
+``{data_root}/{DATA}/{split}/CAUSE/{id}.pt``, atomically, with a manifest; files that exist with
+the expected shape are skipped, so an interrupted export resumes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from dhr.conf_path import CONFIG_DIR
+
+log = logging.getLogger(__name__)
+MANIFEST = "manifest.json"
+
+
+def ceil_to(x: int, multiple: int) -> int:
+    return int(math.ceil(x / multiple) * multiple)
+
+
+def feature_grid(h: int, w: int, patch: int, first_scale: float = 2.0) -> tuple[int, int]:
+    """(h_f, w_f) of the exported map: the token grid of the first scale."""
+    return ceil_to(int(h * first_scale), patch) // patch, ceil_to(int(w * first_scale), patch) // patch
+
+
+def export_for_dhr(module: Any, path: str | Path) -> None:
+    """Write the official DHR format: ``{"decoder": head_ema.* state, "codebook": K x D}``."""
+    import torch
+
+    from dhr.utils.io import atomic_write_bytes
+
+    decoder = {f"head_ema.{k}": v.detach().cpu() for k, v in module.head_ema.state_dict().items()}
+    buffer = io.BytesIO()
+    torch.save({"decoder": decoder, "codebook": module.codebook.detach().cpu()}, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_teacher(ckpt: str | Path, backbone_cfg: dict[str, Any], num_queries: int | None = None) -> tuple[Any, Any]:
+    """(frozen ViT, teacher head) from a dhr CAUSE checkpoint or an official ``CAUSE_{DATA}.pt``."""
+    import torch
+
+    from dhr.errors import DHRError
+    from dhr.models.cause_heads import SegmentTR
+    from dhr.models.vit import FrozenViT
+
+    path = Path(ckpt)
+    if not path.is_file():
+        raise DHRError(f"uss.ckpt={ckpt}: CAUSE checkpoint not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
+        raise DHRError(f"{path}: not a readable checkpoint ({str(err).splitlines()[0]})") from None
+    if "decoder" in state:  # official DHR format
+        head_state = {k.removeprefix("head_ema."): v for k, v in state["decoder"].items()}
+        codebook = state["codebook"]
+    elif "state_dict" in state:
+        head_state = {k.removeprefix("head_ema."): v for k, v in state["state_dict"].items() if k.startswith("head_ema.")}
+        codebook = state["state_dict"]["codebook"]
+    else:
+        raise DHRError(f"{path}: neither a dhr CAUSE checkpoint nor the official {{decoder, codebook}} format")
+    cfg = dict(backbone_cfg)
+    vit = FrozenViT(cfg.pop("name"), **cfg)
+    if codebook.shape[1] != vit.embed_dim:
+        raise DHRError(f"{path}: codebook is {codebook.shape[1]}-d but backbone {backbone_cfg['name']} gives "
+                       f"{vit.embed_dim}-d tokens; pick the backbone the head was trained on")
+    if "query_pos" not in head_state:
+        raise DHRError(f"{path}: only TR heads are exported for DHR (no head_ema.query_pos)")
+    reduced = head_state["tr.f1.weight"].shape[0]
+    head = SegmentTR(dim=vit.embed_dim, num_queries=head_state["query_pos"].shape[0], reduced_dim=reduced,
+                     ffn_dim=head_state["tr.linear1.weight"].shape[0], num_concepts=codebook.shape[0])
+    try:
+        head.load_state_dict(head_state, strict=True)
+    except RuntimeError as err:
+        raise DHRError(f"{path}: teacher head does not load strictly ({str(err).splitlines()[0]})") from None
+    head.codebook.copy_(codebook)
+    return vit, head.eval()
+
+
+def extract(vit: Any, head: Any, image: Any, scales: Sequence[float] = (2.0, 1.0, 1.5, 0.5), flip: bool = True) -> Any:
+    """(reduced_dim, h_f, w_f) features of one normalised image (1, 3, H, W), fp32."""
+    import torch
+    import torch.nn.functional as F
+
+    _, _, h, w = image.shape
+    p = vit.patch_size
+    total, grid = None, None
+    with torch.no_grad():
+        for s in scales:
+            size = (ceil_to(int(h * s), p), ceil_to(int(w * s), p))
+            x = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+            if flip:
+                x = torch.cat([x, x.flip(-1)])
+            feats = head(vit(x)).float()
+            feats = (feats[:1] + feats[1:].flip(-1)) / 2 if flip else feats
+            if grid is None:
+                grid = tuple(feats.shape[-2:])
+            else:
+                feats = F.interpolate(feats, size=grid, mode="bilinear", align_corners=False)
+            total = feats if total is None else total + feats
+    return (total / len(scales))[0]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def run(cfg: DictConfig) -> dict[str, int]:
+    import numpy as np
+    import torch
+    from tqdm.auto import tqdm
+
+    from dhr.data.layout import DatasetInfo, DatasetLayout
+    from dhr.data.synthetic import generate_from_cfg
+    from dhr.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from dhr.errors import DHRError
+    from dhr.utils.io import atomic_write_bytes, atomic_write_json, read_rgb
+
+    dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
+    info = DatasetInfo.from_cfg(dataset)
+    generate_from_cfg(cfg.paths.data_root, dataset)
+    layout = DatasetLayout(cfg.paths.data_root, info)
+    out_dir = layout.split_dir(cfg.split) / cfg.uss_name
+    backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
+    vit, head = load_teacher(cfg.ckpt, backbone)
+    device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
+    vit.to(device)
+    head.to(device)
+    manifest = {"ckpt": str(Path(cfg.ckpt).resolve()), "ckpt_sha256": _sha256(Path(cfg.ckpt)), "backbone": backbone,
+                "scales": list(cfg.scales), "flip": bool(cfg.flip), "dtype": "float16",
+                "shape": "(reduced_dim, ceil_p(int(2H))/p, ceil_p(int(2W))/p)"}
+    manifest_path = out_dir / MANIFEST
+    if manifest_path.is_file():
+        old = json.loads(manifest_path.read_text())
+        if old.get("ckpt_sha256") != manifest["ckpt_sha256"] or old.get("scales") != manifest["scales"]:
+            if not cfg.overwrite:
+                raise DHRError(f"{out_dir} holds features of another checkpoint or recipe ({old.get('ckpt')}); "
+                               "pass overwrite=true to replace them or set uss_name to another folder")
+            for stale in out_dir.glob("*.pt"):
+                stale.unlink()
+    atomic_write_json(manifest_path, manifest)
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    paths = layout.image_paths(cfg.split)
+    written = skipped = 0
+    for image_id, image_path in tqdm(paths.items(), desc=f"CAUSE features {info.name}/{cfg.split}", unit="img"):
+        target = out_dir / f"{image_id}.pt"
+        image = read_rgb(image_path)
+        expected = feature_grid(image.height, image.width, vit.patch_size, cfg.scales[0])
+        if target.is_file():
+            try:
+                if tuple(torch.load(target, map_location="cpu", weights_only=True).shape[-2:]) == expected:
+                    skipped += 1
+                    continue
+            except Exception:  # noqa: BLE001 - a corrupt partial file is recomputed
+                pass
+        x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
+        x = ((x - mean) / std).to(device)
+        feats = extract(vit, head, x, cfg.scales, cfg.flip).half().cpu()
+        buffer = io.BytesIO()
+        torch.save(feats.contiguous(), buffer)
+        atomic_write_bytes(target, buffer.getvalue())
+        written += 1
+    log.info("CAUSE features: %d written, %d already present, in %s", written, skipped, out_dir)
+    return {"written": written, "skipped": skipped}
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="features")
+def _main(cfg: DictConfig) -> None:
+    from dhr.errors import DHRError
+
+    try:
+        run(cfg)
+    except DHRError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def main() -> None:
+    """Console script ``dhr-features``."""
+    _main()
+
+
+if __name__ == "__main__":
+    main()

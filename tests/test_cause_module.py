@@ -1,0 +1,174 @@
+"""CAUSE LightningModule: stage freezing, the label-leak fix, EMA teacher, and a tiny end-to-end fit."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import pytorch_lightning as pl
+import torch
+from conftest import compose_cfg, tiny_train_overrides
+
+from dhr.modules.cause import CauseModule
+
+TINY_VIT = {"name": "vit_small_patch8_224", "embed_dim": 16, "depth": 1, "num_heads": 2}
+
+
+def tiny_module(**kw) -> CauseModule:
+    args = dict(backbone=TINY_VIT, num_classes=5, num_concepts=12, reduced_dim=6, projection_dim=10, ffn_dim=16,
+                resolution=32, grid_k=2, bank_length=4)
+    return CauseModule(**{**args, **kw})
+
+
+def batch(b: int = 2) -> dict:
+    torch.manual_seed(0)
+    return {"image": torch.randn(b, 3, 32, 32), "label": torch.randint(0, 5, (b, 32, 32))}
+
+
+@pytest.fixture(autouse=True)
+def _quiet():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # self.log outside a Trainer
+        yield
+
+
+def test_probe_losses_never_reach_the_teacher_head():
+    module = tiny_module(stage="probe")
+    module.training_step(batch(), 0).backward()
+    assert all(p.grad is None for p in module.head_ema.parameters())
+    assert module.cluster_probe.grad is not None and module.cluster_probe.grad.abs().sum() > 0
+    assert module.linear_probe.weight.grad is not None
+    assert all(p.grad is None for p in module.head.parameters()) and module.codebook.grad is None
+
+
+def test_stage3_leak_switch_reproduces_the_release():
+    module = tiny_module(stage="probe", stage3_leak=True)
+    module.training_step(batch(), 0).backward()
+    grads = [p.grad for p in module.head_ema.parameters()]
+    assert len(grads) == 25 and all(g is not None for g in grads)  # all 25 teacher tensors, as in the release
+
+
+def test_clusterbook_stage_trains_only_the_codebook():
+    module = tiny_module(stage="clusterbook")
+    module.training_step(batch(), 0).backward()
+    trainable = [n for n, p in module.named_parameters() if p.requires_grad]
+    assert trainable == ["codebook"] and module.codebook.grad.abs().sum() > 0
+
+
+def test_head_stage_updates_teacher_by_ema_and_fills_the_bank():
+    module = tiny_module(stage="head", ema_decay=0.5)
+    opt = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=0.1)
+    before = {k: v.clone() for k, v in module.head_ema.state_dict().items()}
+    loss = module.training_step(batch(), 0)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is None for p in module.head_ema.parameters())
+    opt.step()
+    module.on_train_batch_end(None, None, 0)
+    student = module.head.state_dict()
+    key = "tr.f1.weight"
+    torch.testing.assert_close(module.head_ema.state_dict()[key], 0.5 * before[key] + 0.5 * student[key])
+    assert module.bank is not None and module.bank.size > 0
+    assert "codebook" not in module.head_ema.state_dict()
+
+
+def test_tiny_three_stage_fit_logs_uss_metrics_and_compares_with_kmeans(tmp_path, synth_root, capsys):
+    from dhr.train import run
+
+    overrides = [o for o in tiny_train_overrides(synth_root) if not o.startswith(("model.", "infer."))]
+    overrides += ["model=cause", "backbone.embed_dim=16", "backbone.depth=1", "model.num_concepts=16",
+                  "model.reduced_dim=8", "model.projection_dim=16", "model.ffn_dim=16", "model.resolution=64",
+                  "model.bank_length=4", "data.batch_size=4", "data.num_workers=0",
+                  "stage_epochs={clusterbook:1,head:1,probe:1}"]
+    cfg = compose_cfg("train", overrides, tmp_path / "run")
+    metrics = run(cfg)
+    for stage in ("clusterbook", "head", "probe"):
+        assert (tmp_path / "run" / "checkpoints" / stage / "last.ckpt").is_file()
+        assert (tmp_path / "run" / "checkpoints" / stage / "done").is_file()
+    assert 0 <= metrics["val/uss_mIoU"] <= 100 and 0 <= metrics["uss/kmeans_mIoU"] <= 100
+    assert "k-means on frozen backbone tokens" in capsys.readouterr().out
+    state = torch.load(tmp_path / "run" / "checkpoints" / "probe" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert not any(k.startswith("backbone") for k in state["state_dict"])  # the frozen ViT is not saved
+    # resuming skips finished stages: nothing is refitted or rewritten
+    last = tmp_path / "run" / "checkpoints" / "probe" / "last.ckpt"
+    stamp = last.stat().st_mtime_ns
+    again = run(compose_cfg("train", [*overrides, "ckpt_path=last"], tmp_path / "run"))
+    assert again == {} and last.stat().st_mtime_ns == stamp
+
+
+def test_features_export_shapes_resume_and_official_format(tmp_path, synth_root):
+    from dhr.features import export_for_dhr, feature_grid, load_teacher
+    from dhr.features import run as export
+
+    module = tiny_module(stage="head", resolution=64)
+    official = tmp_path / "CAUSE_SYNTH.pt"
+    export_for_dhr(module, official)
+    state = torch.load(official, map_location="cpu", weights_only=True)
+    assert set(state) == {"decoder", "codebook"} and all(k.startswith("head_ema.") for k in state["decoder"])
+    assert not any("codebook" in k for k in state["decoder"])
+    vit_file = tmp_path / "vit.pth"
+    torch.save(module.backbone.vit.state_dict(), vit_file)  # the same frozen backbone, as a local file
+    vit, head = load_teacher(official, {**TINY_VIT, "weights": str(vit_file)})
+    x = torch.randn(1, 3, 40, 56)
+    module.eval()
+    torch.testing.assert_close(head(vit(x)), module.teacher_features(module.tokens(x), dropout=False))  # round trip
+
+    overrides = [f"paths.data_root={synth_root}", f"ckpt={official}", "split=val", "uss_name=CAUSE_test",
+                 "backbone.embed_dim=16", "backbone.depth=1", f"backbone.weights={vit_file}", "dataset.generate=null"]
+    first = export(compose_cfg("features", overrides, tmp_path / "f1"))
+    assert first == {"written": 8, "skipped": 0}
+    from PIL import Image
+
+    out = synth_root / "SYNTH" / "validation" / "CAUSE_test"
+    sizes = set()
+    for f in sorted(out.glob("*.pt")):
+        feats = torch.load(f, map_location="cpu", weights_only=True)
+        with Image.open(synth_root / "SYNTH" / "validation" / "image" / f"{f.stem}.jpg") as im:
+            w, h = im.size
+        sizes.add((h, w))
+        assert feats.dtype == torch.float16 and feats.shape == (6, *feature_grid(h, w, 8))
+        assert feats.shape[-2:] == (-(-2 * h // 8), -(-2 * w // 8))  # ceil8(2H)/8: stride ~4 px for patch 8
+    assert len(sizes) > 1  # several image sizes
+    assert export(compose_cfg("features", overrides, tmp_path / "f2")) == {"written": 0, "skipped": 8}
+    other = tiny_module(stage="head", resolution=64)
+    torch.nn.init.normal_(other.head_ema.tr.f1.weight)
+    export_for_dhr(other, tmp_path / "other.pt")
+    from dhr.errors import DHRError
+
+    with pytest.raises(DHRError, match="holds features of another checkpoint"):
+        export(compose_cfg("features", [*overrides[:1], f"ckpt={tmp_path / 'other.pt'}", *overrides[2:]], tmp_path / "f3"))
+
+
+class DumpWeights(pl.Callback):
+    """Saves each rank's trained weights so the test can compare the replicas."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        torch.save({k: v.cpu() for k, v in pl_module.state_dict().items()}, f"{self.folder}/rank{trainer.global_rank}.pt")
+
+
+@pytest.mark.slow
+def test_ddp_on_cpu_keeps_replicas_identical(tmp_path, synth_root):
+    import pytorch_lightning as pl
+
+    from dhr.data.cause_data import CauseDataModule
+    from dhr.data.synthetic import SYNTH_CLASSES
+
+    dataset = {"name": "SYNTH", "classes": list(SYNTH_CLASSES), "splits": {"val": "validation"}}
+    for stage in ("head", "probe"):
+        module = tiny_module(stage=stage, num_classes=9, resolution=64)
+        data = CauseDataModule(data_root=str(synth_root), dataset=dataset, val_split=None, resolution=64,
+                               batch_size=8, num_workers=0)
+        trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=3, logger=False,
+                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                             callbacks=[DumpWeights(str(tmp_path))])
+        start = {k: v.clone() for k, v in module.state_dict().items()}
+        trainer.fit(module, datamodule=data)
+        r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+        r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
+        changed = [k for k in r0 if not torch.equal(r0[k], start[k])]
+        assert changed, f"{stage}: nothing trained"
+        for key in r0:
+            assert torch.equal(r0[key], r1[key]), f"{stage}: replicas differ at {key}"
