@@ -15,7 +15,6 @@ import io
 import json
 import logging
 import math
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -185,13 +184,9 @@ def run(cfg: DictConfig) -> dict[str, int]:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="features")
 def _main(cfg: DictConfig) -> None:
-    from dhr.errors import DHRError
+    from dhr.utils.cli import run_or_exit
 
-    try:
-        run(cfg)
-    except DHRError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_or_exit(run, cfg)
 
 
 def main() -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import pickle
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -111,13 +110,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")
 def _main(cfg: DictConfig) -> None:
-    from dhr.errors import DHRError
+    from dhr.utils.cli import run_or_exit
 
-    try:
-        run(cfg)
-    except DHRError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    run_or_exit(run, cfg)
 
 
 def main() -> None:

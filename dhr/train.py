@@ -7,7 +7,6 @@ is printed, so the default command is a complete supervised experiment.
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -140,13 +139,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def _main(cfg: DictConfig) -> float | None:
-    from dhr.errors import DHRError
+    from dhr.utils.cli import run_or_exit
 
-    try:
-        metrics = run(cfg)
-    except DHRError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    metrics = run_or_exit(run, cfg)
     return metrics.get("val/mIoU")  # for sweepers that optimise a value
 
 
