@@ -164,3 +164,16 @@ def test_tr_head_state_dict_has_release_names_and_no_codebook():
     head.eval()
     out = head(torch.randn(2, 16, 3, 5))  # non-square grid: query_pos resampled 12 → 15
     assert out.shape == (2, 6, 3, 5)
+
+
+def test_unweighted_vit_is_the_same_in_every_process():
+    from dhr.models.vit import FrozenViT
+
+    tiny = dict(embed_dim=16, depth=1, num_heads=2)
+    torch.manual_seed(123)
+    a = FrozenViT("vit_small_patch8_224", **tiny)
+    torch.manual_seed(456)
+    b = FrozenViT("vit_small_patch8_224", **tiny)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    c = FrozenViT("vit_small_patch8_224", init_seed=1, **tiny)
+    assert not torch.equal(a.vit.patch_embed.proj.weight, c.vit.patch_embed.proj.weight)

@@ -1,4 +1,5 @@
-"""Dataset layer: layout, tags, palettes, transforms, datasets, datamodule, synthetic generator.
+"""Dataset layer: layout, tags, palettes, transforms, datasets, datamodules, synthetic generator.
 
-Only the torch-free modules are imported eagerly by nothing; import submodules directly.
+Nothing is imported here: ``layout``, ``tags``, ``palette`` and ``synthetic`` are torch-free
+and the evaluator imports them directly, so it starts fast.
 """

@@ -37,12 +37,15 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 class FrozenViT(nn.Module):
     """A timm ViT in eval mode without gradients; ``forward`` gives (B, D, h, w) patch tokens."""
 
-    def __init__(self, name: str, *, weights: str | os.PathLike | None = None, **kwargs: Any) -> None:
+    def __init__(self, name: str, *, weights: str | os.PathLike | None = None, init_seed: int = 0, **kwargs: Any) -> None:
         super().__init__()
         import timm
 
         try:
-            self.vit = timm.create_model(name, pretrained=False, num_classes=0, dynamic_img_size=True, **kwargs)
+            # A fixed seed makes an unweighted (random) ViT the same in training, export and resume.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(init_seed)
+                self.vit = timm.create_model(name, pretrained=False, num_classes=0, dynamic_img_size=True, **kwargs)
         except RuntimeError as err:
             raise DHRError(f"backbone.name={name!r}: cannot create it with timm ({err})") from None
         if weights:

@@ -291,7 +291,8 @@ class CauseModule(pl.LightningModule):
             hist_kmeans += torch.bincount(km[valid] * n + label[valid], minlength=n * n).view(n, n)
         cause = hungarian_scores(hist_cause.cpu().numpy())
         kmeans = hungarian_scores(hist_kmeans.cpu().numpy())
-        print(f"USS ({datamodule.info.name}/{datamodule.val_split}, Hungarian-matched, {n} clusters): "
+        split = datamodule.info.split_dir_name(datamodule.val_split)
+        print(f"USS ({datamodule.info.name}/{split}, Hungarian-matched, {n} clusters): "
               f"CAUSE mIoU {cause.miou:.1f} pAcc {cause.pixel_accuracy:.1f} | "
               f"k-means on frozen backbone tokens mIoU {kmeans.miou:.1f} pAcc {kmeans.pixel_accuracy:.1f}")
         return {"uss/cause_mIoU": cause.miou, "uss/cause_pAcc": cause.pixel_accuracy,
