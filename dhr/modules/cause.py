@@ -63,6 +63,7 @@ class CauseModule(pl.LightningModule):
         stage3_leak: bool = False,
         modularity_chunk: int = 256,
         ignore_index: int = 255,
+        eval_crf: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -234,6 +235,21 @@ class CauseModule(pl.LightningModule):
         cos = torch.einsum("bchw,kc->bkhw", F.normalize(up, dim=1), F.normalize(self.cluster_probe, dim=1))
         return cos.argmax(1), self.linear_probe(up).argmax(1)
 
+    @torch.no_grad()
+    def cluster_predict_crf(self, image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """Flip TTA in feature space, log_softmax(3 cos) → bilinear to ``size`` → softmax → dense CRF → argmax."""
+        from dhr.ops.crf import denormalize, dense_crf_many
+
+        feats = self.teacher_features(self.tokens(image), dropout=False)
+        feats_flip = self.teacher_features(self.tokens(image.flip(-1)), dropout=False).flip(-1)
+        feats = (feats + feats_flip) / 2
+        cos = torch.einsum("bchw,kc->bkhw", F.normalize(feats, dim=1), F.normalize(self.cluster_probe, dim=1))
+        scores = F.interpolate(torch.log_softmax(3 * cos, dim=1), size=size, mode="bilinear", align_corners=False)
+        probs = torch.softmax(scores, dim=1).float().cpu().numpy()
+        rgb = F.interpolate(image, size=size, mode="bilinear", align_corners=False).float().cpu().numpy()
+        q = dense_crf_many([denormalize(im) for im in rgb], list(probs))
+        return torch.from_numpy(np.stack(q).argmax(1)).to(image.device)
+
     def on_validation_epoch_start(self) -> None:
         n = self.hparams.num_classes
         self._hist = torch.zeros(n, n, dtype=torch.long, device=self.device)
@@ -270,20 +286,25 @@ class CauseModule(pl.LightningModule):
         self.eval()
         n = self.hparams.num_classes
         device = self.device
-        samples, seen = [], 0
+        samples = []
+        g = torch.Generator().manual_seed(0)  # the baseline is deterministic
         for batch in loader:
             t = self.tokens(batch["image"].to(device))
             flat = t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
-            samples.append(flat[torch.randperm(len(flat), device=device)[: max(1, max_tokens // max(1, len(loader)))]])
-            seen += len(flat)
+            keep = torch.randperm(len(flat), generator=g)[: max(1, max_tokens // max(1, len(loader)))]
+            samples.append(flat[keep.to(device)])
         centroids = spherical_kmeans(torch.cat(samples), n)
         hist_cause = torch.zeros(n, n, dtype=torch.long, device=device)
         hist_kmeans = torch.zeros_like(hist_cause)
+        hist_crf = torch.zeros_like(hist_cause)
         for batch in loader:
             image, label = batch["image"].to(device), batch["label"].to(device)
             valid = (label >= 0) & (label < n)
             clusters, _ = self.cluster_predict(image, tuple(label.shape[-2:]))
             hist_cause += torch.bincount(clusters[valid] * n + label[valid], minlength=n * n).view(n, n)
+            if self.hparams.eval_crf:
+                crf_clusters = self.cluster_predict_crf(image, tuple(label.shape[-2:]))
+                hist_crf += torch.bincount(crf_clusters[valid] * n + label[valid], minlength=n * n).view(n, n)
             t = F.normalize(self.tokens(image), dim=1)
             cos = F.interpolate(torch.einsum("bdhw,kd->bkhw", t, centroids), size=label.shape[-2:], mode="bilinear",
                                 align_corners=False)
@@ -292,8 +313,14 @@ class CauseModule(pl.LightningModule):
         cause = hungarian_scores(hist_cause.cpu().numpy())
         kmeans = hungarian_scores(hist_kmeans.cpu().numpy())
         split = datamodule.info.split_dir_name(datamodule.val_split)
+        out = {"uss/cause_mIoU": cause.miou, "uss/cause_pAcc": cause.pixel_accuracy,
+               "uss/kmeans_mIoU": kmeans.miou, "uss/kmeans_pAcc": kmeans.pixel_accuracy}
+        with_crf = ""
+        if self.hparams.eval_crf:
+            crf = hungarian_scores(hist_crf.cpu().numpy())
+            out.update({"uss/cause_crf_mIoU": crf.miou, "uss/cause_crf_pAcc": crf.pixel_accuracy})
+            with_crf = f" (with flip + CRF: mIoU {crf.miou:.1f} pAcc {crf.pixel_accuracy:.1f})"
         print(f"USS ({datamodule.info.name}/{split}, Hungarian-matched, {n} clusters): "
-              f"CAUSE mIoU {cause.miou:.1f} pAcc {cause.pixel_accuracy:.1f} | "
+              f"CAUSE mIoU {cause.miou:.1f} pAcc {cause.pixel_accuracy:.1f}{with_crf} | "
               f"k-means on frozen backbone tokens mIoU {kmeans.miou:.1f} pAcc {kmeans.pixel_accuracy:.1f}")
-        return {"uss/cause_mIoU": cause.miou, "uss/cause_pAcc": cause.pixel_accuracy,
-                "uss/kmeans_mIoU": kmeans.miou, "uss/kmeans_pAcc": kmeans.pixel_accuracy}
+        return out
