@@ -46,3 +46,17 @@ def test_denormalize_truncates():
     normed = ((pixel - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)).astype(np.float32).reshape(3, 1, 1)
     assert denormalize(normed)[0, 0].tolist() == [100, 0, 254]
     assert denormalize(normed, "round")[0, 0].tolist() == [101, 0, 255]
+
+
+def test_hard_label_crf_snaps_a_shifted_mask_to_the_image_edge():
+    from dhr.ops.crf import crf_refine_labels, labels_to_probs
+
+    image, _, truth = two_region_case()
+    shifted = np.roll(truth, 4, axis=1).astype(np.uint8)  # boundary 4 px off the colour edge
+    shifted[:, :4] = 0
+    shifted[0, 0] = 255
+    probs = labels_to_probs(shifted, 2)
+    assert np.allclose(probs.sum(0), 1) and probs[:, 0, 0].tolist() == [0.5, 0.5]
+    refined = crf_refine_labels(image, shifted, 2)
+    assert (refined == truth).mean() > (shifted == truth).mean()
+    assert (refined == truth).mean() > 0.99

@@ -119,3 +119,28 @@ def test_all_loggers_together(tmp_path, synth_root, monkeypatch):
     assert (run_dir / "csv" / "version_0" / "metrics.csv").is_file()
     assert list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
     assert list((run_dir / "wandb").glob("offline-run-*"))
+
+
+def test_wss_seed_folders_resolve_to_the_official_layout(tmp_path):
+    cfg = compose_cfg("train", ["dataset=voc", "wss=mars", "paths.data_root=/d"], tmp_path)
+    assert cfg.wss.path == "/d/WSS/VOC2012/MARS/train_aug" and cfg.data.masks == cfg.wss.path
+    cfg = compose_cfg("train", ["dataset=coco", "wss=rsepm", "paths.data_root=/d"], tmp_path)
+    assert cfg.data.masks == "/d/WSS/COCO2014/RSEPM/train"
+
+
+def test_external_seeds_are_checked_before_training(tmp_path, synth_root):
+    import shutil
+
+    from dhr.train import run
+
+    seeds = tmp_path / "seeds"
+    shutil.copytree(synth_root / "SYNTH" / "train" / "mask", seeds)
+    (seeds / "tr_00007.png").unlink()
+    from PIL import Image
+
+    with Image.open(seeds / "tr_00002.png") as im:
+        im.resize((im.width + 3, im.height)).save(seeds / "tr_00002.png")
+    with pytest.raises(DHRError, match=r"(?s)2 problem.*tr_00002.png: mask is .* but image is.*tr_00007.png: missing mask"):
+        run(train_cfg(tmp_path, synth_root, "wss=folder", f"wss.path={seeds}"))
+    with pytest.raises(DHRError, match="folder of training masks not found"):
+        run(train_cfg(tmp_path, synth_root, "wss=cam"))  # no CAM seeds generated yet

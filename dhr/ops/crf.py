@@ -79,3 +79,23 @@ def dense_crf_many(images: Sequence[np.ndarray], probs: Sequence[np.ndarray], pa
         if pool is not None:
             pool.close()
             pool.join()
+
+
+def labels_to_probs(labels: np.ndarray, n_labels: int, gt_prob: float = 0.7, ignore_index: int = 255) -> np.ndarray:
+    """Soft unary from a hard label map: ``gt_prob`` on the label, the rest spread evenly; ignore → uniform."""
+    if not 0.0 < gt_prob < 1.0:
+        raise ValueError(f"gt_prob must lie in (0, 1), got {gt_prob}")
+    h, w = labels.shape
+    probs = np.full((n_labels, h, w), (1.0 - gt_prob) / max(1, n_labels - 1), dtype=np.float32)
+    valid = (labels != ignore_index) & (labels < n_labels)
+    ys, xs = np.nonzero(valid)
+    probs[labels[valid].astype(np.int64), ys, xs] = gt_prob
+    probs[:, ~valid] = 1.0 / n_labels
+    return probs
+
+
+def crf_refine_labels(image: np.ndarray, labels: np.ndarray, n_labels: int, params: CRFParams = CRFParams(),
+                      gt_prob: float = 0.7, ignore_index: int = 255) -> np.ndarray:
+    """Dense CRF on a hard label map (e.g. seed masks): refined (H, W) uint8 labels."""
+    q = dense_crf(image, labels_to_probs(labels, n_labels, gt_prob, ignore_index), params)
+    return q.argmax(0).astype(np.uint8)
