@@ -28,7 +28,12 @@ def load_module(ckpt: str | Path, map_location: str = "cpu") -> Any:
         raise DHRError(f"ckpt={ckpt}: checkpoint not found; pass a .ckpt written by dhr.train")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-        module = SegmentationModule(**state["hyper_parameters"])
+        cls = SegmentationModule
+        if state.get("dhr_module") == "dhr.modules.cam.CAMModule":
+            from dhr.modules.cam import CAMModule
+
+            cls = CAMModule
+        module = cls(**state["hyper_parameters"])
     except (RuntimeError, KeyError, EOFError, TypeError, ValueError, pickle.UnpicklingError) as err:
         raise DHRError(f"{path}: not a readable dhr segmentation checkpoint ({str(err).splitlines()[0]})") from None
     if CKPT_KEY not in state:
@@ -45,14 +50,15 @@ def check_out_dir(out_dir: Path, overwrite: bool) -> None:
         raise DHRError(f"{out_dir} already holds predictions; choose another out_dir or pass overwrite=true")
 
 
-def predict_to_folder(module: Any, datamodule: Any, trainer_cfg: DictConfig, out_dir: Path, infer: DictConfig) -> int:
-    """Predict ``datamodule.predict_split`` into ``out_dir``; returns the number of PNGs written."""
+def predict_to_folder(module: Any, datamodule: Any, trainer_cfg: DictConfig, out_dir: Path, infer: DictConfig,
+                      out_dirs: dict[str, Path] | None = None) -> int:
+    """Predict ``datamodule.predict_split`` into ``out_dir`` (or ``out_dirs`` per output); returns the image count."""
     from hydra.utils import instantiate
 
     from dhr.callbacks.prediction_writer import PaletteWriter
 
     module.infer = OmegaConf.to_container(infer, resolve=True)
-    writer = PaletteWriter(out_dir, datamodule.info.palette_array)
+    writer = PaletteWriter(out_dir, datamodule.info.palette_array, out_dirs)
     overrides = dict(callbacks=[writer], logger=False, enable_checkpointing=False, max_epochs=1)
     cfg = OmegaConf.to_container(trainer_cfg, resolve=True)
     for key in ("fast_dev_run", "limit_train_batches", "limit_val_batches", "overfit_batches", "strategy", "sync_batchnorm"):
@@ -84,27 +90,46 @@ def evaluate_split(datamodule: Any, pred_dir: Path, split: str, tag: str) -> dic
     return out
 
 
+def resolve_out_dir(cfg: DictConfig) -> Path:
+    """``out_dir``, else ``{seeds_dir}/{split folder}`` for seed models, else ``<run>/predictions/{split}``."""
+    if cfg.get("out_dir"):
+        return Path(cfg.out_dir)
+    if cfg.get("seeds_dir"):
+        from dhr.data.layout import DatasetInfo
+
+        info = DatasetInfo.from_cfg(OmegaConf.to_container(cfg.dataset, resolve=True))
+        return Path(cfg.seeds_dir) / info.split_dir_name(cfg.split)
+    return Path(cfg.paths.output_dir) / "predictions" / str(cfg.split)
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
 
     from dhr.data.datamodule import SegmentationDataModule
 
-    out_dir = Path(cfg.out_dir)
-    check_out_dir(out_dir, cfg.overwrite)
     module = load_module(cfg.ckpt)
+    out_dir = resolve_out_dir(cfg)
+    needs_tags = getattr(module, "needs_tags", False)
+    crf = needs_tags and bool(cfg.infer.get("crf", False))
+    # CAM seeds: the CRF-refined maps are the seeds; the maps before the CRF go beside them
+    out_dirs = {"label_crf": out_dir, "label": out_dir.with_name(out_dir.name + "_nocrf")} if crf else {"label": out_dir}
+    for folder in out_dirs.values():
+        check_out_dir(folder, cfg.overwrite)
     datamodule = SegmentationDataModule(data_root=cfg.paths.data_root, dataset=OmegaConf.to_container(cfg.dataset, resolve=True),
                                         predict_split=cfg.split, val_split=None, num_workers=cfg.num_workers,
-                                        validate="quick")
+                                        validate="quick", with_tags=needs_tags)
     if datamodule.info.num_classes != module.hparams.num_classes:
         from dhr.errors import DHRError
 
         raise DHRError(f"{cfg.ckpt} predicts {module.hparams.num_classes} classes but dataset "
                        f"{datamodule.info.name} has {datamodule.info.num_classes}; pick the matching dataset=...")
     datamodule.prepare_data()
-    written = predict_to_folder(module, datamodule, cfg.trainer, out_dir, cfg.infer)
-    log.info("wrote %d label PNGs to %s", written, out_dir)
+    written = predict_to_folder(module, datamodule, cfg.trainer, out_dir, cfg.infer, out_dirs)
+    log.info("wrote %d label PNGs to %s", written, ", ".join(str(d) for d in out_dirs.values()))
     result: dict[str, Any] = {"out_dir": str(out_dir), "written": written}
     if cfg.evaluate and datamodule.layout.mask_dir(cfg.split).is_dir():
-        result["scores"] = evaluate_split(datamodule, out_dir, cfg.split, tag=Path(cfg.ckpt).stem)
+        for key, folder in out_dirs.items():
+            tag = f"{Path(cfg.ckpt).stem}{'+CRF' if key == 'label_crf' else ''}"
+            result["scores" if folder == out_dir else f"scores_{key}"] = evaluate_split(datamodule, folder, cfg.split, tag=tag)
     return result
 
 

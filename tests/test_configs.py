@@ -11,7 +11,7 @@ from dhr.data.layout import DatasetInfo
 
 GROUPS = {
     group: sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
-    for group in ("dataset", "backbone", "trainer", "logger", "debug", "experiment")
+    for group in ("dataset", "backbone", "trainer", "logger", "debug", "experiment", "model")
 }
 
 

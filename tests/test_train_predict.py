@@ -144,3 +144,23 @@ def test_external_seeds_are_checked_before_training(tmp_path, synth_root):
         run(train_cfg(tmp_path, synth_root, "wss=folder", f"wss.path={seeds}"))
     with pytest.raises(DHRError, match="folder of training masks not found"):
         run(train_cfg(tmp_path, synth_root, "wss=cam"))  # no CAM seeds generated yet
+
+
+def test_cam_baseline_trains_on_tags_and_writes_seeds_with_and_without_crf(tmp_path, synth_root):
+    from dhr.predict import run as predict
+    from dhr.train import run as train
+
+    overrides = [o for o in tiny_train_overrides(synth_root) if not o.startswith("model.")]
+    train(compose_cfg("train", [*overrides, "model=cam"], tmp_path / "run"))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, map_location="cpu", weights_only=True)["dhr_module"] == "dhr.modules.cam.CAMModule"
+    wss = tmp_path / "wss"
+    overrides = [f"paths.data_root={synth_root}", f"paths.wss_root={wss}", f"ckpt={ckpt}", "model=cam", "split=val",
+                 "infer.scales=[1.0]", "trainer.accelerator=cpu", "num_workers=0", "dataset.generate=null"]
+    result = predict(compose_cfg("predict", overrides, tmp_path / "p"))
+    seeds = wss / "SYNTH" / "CAM" / "validation"
+    assert result["out_dir"] == str(seeds) and len(list(seeds.glob("*.png"))) == 8
+    assert len(list((wss / "SYNTH" / "CAM" / "validation_nocrf").glob("*.png"))) == 8
+    assert "scores" in result and "scores_label" in result  # CRF seeds and pre-CRF maps both scored
+    seed = read_label_png(next(seeds.glob("*.png")))
+    assert seed.max() < 9

@@ -65,7 +65,10 @@ class SegmentationDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         generate_from_cfg(self.layout.data_root, self.dataset_cfg)
 
-    def train_mask_dir(self) -> Path:
+    def train_mask_dir(self) -> Path | None:
+        """GT masks (``gt``), no masks (``none``: image-level tags only), or a folder of seed masks."""
+        if self.masks == "none":
+            return None
         if self.masks == "gt":
             return self.layout.mask_dir(self.train_split)
         folder = Path(self.masks)
@@ -87,21 +90,26 @@ class SegmentationDataModule(pl.LightningDataModule):
             mask_dir = self.train_mask_dir()
             ids = self._check(self.train_split, mask_dir, self.with_tags)
             tags = self.layout.read_tags(self.train_split, ids) if self.with_tags else None
+            if self.with_tags and tags is not None:
+                ids = [i for i in ids if tags[i]]  # images without any tag cannot teach a classifier
+                if not ids:
+                    raise DHRError(f"{self.layout.split_dir(self.train_split)}: no training image has a tag")
             self.data_train = SegmentationDataset(
-                self.layout, self.train_split, ids=ids, mask_dirs={"mask": mask_dir}, tags=tags,
+                self.layout, self.train_split, ids=ids, mask_dirs={"mask": mask_dir} if mask_dir else None, tags=tags,
                 transform=train_transform(crop_size=self.crop_size, resize_long=self.resize_long, flip=self.flip,
                                           jitter=self.jitter, ignore_index=self.info.ignore_index),
             )
         if stage in (None, "fit", "validate") and self.val_split and self.data_val is None:
             self.data_val = self._whole_images(self.val_split, with_masks=True)
         if stage == "predict" and self.data_predict is None:
-            self.data_predict = self._whole_images(self.predict_split, with_masks=False)
+            self.data_predict = self._whole_images(self.predict_split, with_masks=False, with_tags=self.with_tags)
 
-    def _whole_images(self, split: str, *, with_masks: bool) -> SegmentationDataset:
+    def _whole_images(self, split: str, *, with_masks: bool, with_tags: bool = False) -> SegmentationDataset:
         mask_dir = self.layout.mask_dir(split) if with_masks else None
-        ids = self._check(split, mask_dir, False)
+        ids = self._check(split, mask_dir, with_tags)
+        tags = self.layout.read_tags(split, ids) if with_tags else None
         return SegmentationDataset(self.layout, split, ids=ids, transform=eval_transform(),
-                                   mask_dirs={"mask": mask_dir} if mask_dir else None)
+                                   mask_dirs={"mask": mask_dir} if mask_dir else None, tags=tags)
 
     # -- loaders --------------------------------------------------------------------------------
     def _per_device(self) -> int:
