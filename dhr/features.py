@@ -19,10 +19,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from dhr.conf_path import CONFIG_DIR
+from dhr.utils.cli import hydra_entry
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
@@ -182,11 +181,7 @@ def run(cfg: DictConfig) -> dict[str, int]:
     return {"written": written, "skipped": skipped}
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="features")
-def _main(cfg: DictConfig) -> None:
-    from dhr.utils.cli import run_or_exit
-
-    run_or_exit(run, cfg)
+_main = hydra_entry("features", run)
 
 
 def main() -> None:

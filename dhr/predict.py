@@ -7,10 +7,9 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from dhr.conf_path import CONFIG_DIR
+from dhr.utils.cli import hydra_entry
 
 log = logging.getLogger(__name__)
 
@@ -133,11 +132,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return result
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="predict")
-def _main(cfg: DictConfig) -> None:
-    from dhr.utils.cli import run_or_exit
-
-    run_or_exit(run, cfg)
+_main = hydra_entry("predict", run)
 
 
 def main() -> None:

@@ -10,10 +10,9 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig
 
-from dhr.conf_path import CONFIG_DIR
+from dhr.utils.cli import hydra_entry
 
 log = logging.getLogger(__name__)
 
@@ -137,12 +136,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
-@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
-def _main(cfg: DictConfig) -> float | None:
-    from dhr.utils.cli import run_or_exit
-
-    metrics = run_or_exit(run, cfg)
-    return metrics.get("val/mIoU")  # for sweepers that optimise a value
+_main = hydra_entry("train", run, returns=lambda metrics: metrics.get("val/mIoU"))  # sweepers optimise val/mIoU
 
 
 def main() -> None:

@@ -18,3 +18,20 @@ def run_or_exit(fn: Callable[[Any], T], cfg: Any) -> T:
     except DHRError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+
+
+def hydra_entry(config_name: str, run: Callable[[Any], Any], returns: Callable[[Any], Any] | None = None) -> Callable[[], Any]:
+    """The ``@hydra.main`` wrapper every entry point shares: compose ``conf/<config_name>.yaml``, run, map errors.
+
+    ``returns`` picks the value handed back to Hydra (sweepers optimise it).
+    """
+    import hydra
+
+    from dhr.conf_path import CONFIG_DIR
+
+    @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)
+    def _main(cfg: Any) -> Any:
+        out = run_or_exit(run, cfg)
+        return returns(out) if returns is not None else None
+
+    return _main
