@@ -48,7 +48,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from dhr.data.layout import DatasetInfo
     from dhr.ops.evaluation import evaluate_folder
     from dhr.utils.io import atomic_write_json
-    from dhr.utils.report import class_table
+    from dhr.utils.report import report_result
 
     info = DatasetInfo.from_cfg(cfg.dataset)
     pred_dir, gt_dir = resolve_folders(cfg, info, Path(cfg.paths.data_root))
@@ -66,13 +66,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         pred_dir, gt_dir, num_classes=info.num_classes, ignore_index=info.ignore_index,
         background_id=info.background_id, skip_background_only=skip_bg, ids=ids, workers=cfg.workers,
     )
-    scores = result.scores
-    from dhr.ops.metrics import summary_line
-
-    if cfg.table:
-        class_table(info.classes, scores, title=f"{cfg.tag}: {pred_dir}")
-    print(f"evaluated {result.evaluated} / expected {result.expected} images"
-          f" ({len(result.skipped)} background-only skipped)")
     if result.out_of_range_pixels:
         log.warning("%d valid pixels hold predictions >= %d that are not %d (counted as misses)",
                     result.out_of_range_pixels, info.num_classes, info.ignore_index)
@@ -84,26 +77,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             log.warning(msg)
         else:
             print(f"ERROR: {msg}. Predict every image or pass allow_missing=true.", file=sys.stderr)
-    print(summary_line(cfg.tag, scores))
-    out = {
-        "tag": cfg.tag, "pred": str(pred_dir), "gt": str(gt_dir), "dataset": info.name,
-        "mIoU": scores.miou, "mFPR": scores.mfpr, "mFNR": scores.mfnr,
-        "evaluated": result.evaluated, "expected": result.expected,
-        "missing": result.missing, "skipped_background_only": len(result.skipped),
-        "per_class": {
-            name: {"IoU": _num(scores.iou[i]), "FPR": _num(scores.fpr[i]), "FNR": _num(scores.fnr[i])}
-            for i, name in enumerate(info.classes)
-        },
-    }
+    out = report_result(result, info.classes, cfg.tag, title=f"{cfg.tag}: {pred_dir}", table=cfg.table)
+    out.update(pred=str(pred_dir), gt=str(gt_dir), dataset=info.name)
     target = json_path(cfg)
     if target is not None:
         atomic_write_json(target, out)
         log.info("scores written to %s", target)
     return out
-
-
-def _num(x: float) -> float | None:
-    return None if x != x else float(x)  # NaN → null in JSON
 
 
 USAGE = """usage: python -m dhr.evaluate pred=DIR [gt=DIR] [dataset=voc] [key=value ...] [--cfg] [--help]

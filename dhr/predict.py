@@ -69,22 +69,16 @@ def predict_to_folder(module: Any, datamodule: Any, trainer_cfg: DictConfig, out
 
 
 def evaluate_split(datamodule: Any, pred_dir: Path, split: str, tag: str) -> dict[str, Any]:
-    """Score ``pred_dir`` against the split's GT with the official metric; prints the table."""
+    """Score ``pred_dir`` against the split's GT with the official metric; prints the table, writes a JSON beside it."""
     from dhr.ops.evaluation import evaluate_folder
-    from dhr.ops.metrics import summary_line
     from dhr.utils.io import atomic_write_json
-    from dhr.utils.report import class_table
+    from dhr.utils.report import report_result
 
     info = datamodule.info
     result = evaluate_folder(pred_dir, datamodule.layout.mask_dir(split), num_classes=info.num_classes,
                              ignore_index=info.ignore_index, background_id=info.background_id,
                              skip_background_only=not info.eval_background_only)
-    scores = result.scores
-    class_table(info.classes, scores, title=f"{tag}: {info.name}/{info.split_dir_name(split)}")
-    print(f"evaluated {result.evaluated} / expected {result.expected} images")
-    print(summary_line(tag, scores))
-    out = {"mIoU": scores.miou, "mFPR": scores.mfpr, "mFNR": scores.mfnr, "evaluated": result.evaluated,
-           "per_class_IoU": dict(zip(info.classes, [None if v != v else float(v) for v in scores.iou], strict=True))}
+    out = report_result(result, info.classes, tag, title=f"{tag}: {info.name}/{info.split_dir_name(split)}")
     atomic_write_json(pred_dir.parent / f"{pred_dir.name}_scores.json", out)
     return out
 
