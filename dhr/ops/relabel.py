@@ -1,0 +1,365 @@
+"""DHR online relabelling (``dhr-method.md`` §5) as tensor functions over a whole batch.
+
+Step 1 restores vanished seeds with OT over the model's CAMs; Step 2 builds USS prototypes and
+cosine heat-maps; Step 3 splits USS-similar classes with the WSS (C4/C5) features, rebalances
+globally, samples the maps at the crop's pixels and runs the dense CRF. Everything but the CRF
+is batched: classes are a fixed channel axis with a per-sample presence mask, cells a fixed
+g x g grid with a validity mask, and OT runs through :func:`dhr.ops.sinkhorn.sinkhorn_plan`
+with row/column masks. The CRF goes to a worker pool (``crf_map``).
+
+Conventions: crop boxes are (y0, x0, y1, x1) on the S x S canvas; masks hold class ids and 255.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dhr.ops.crf import denormalize
+from dhr.ops.sinkhorn import sinkhorn_plan
+
+IGNORE = 255
+CRFMap = Callable[[list[np.ndarray], list[np.ndarray]], list[np.ndarray]]
+
+
+@dataclass
+class RelabelConfig:
+    """The ``dhr.*`` switches of ``dhr-method.md`` §5.6 and §11."""
+
+    steps: Sequence[int] = (1, 2, 3)
+    tau: float = 0.8
+    uss_patch: int = 14
+    cam_eps: float = 1e-5
+    mm_eps: float = 1e-5
+    cell_scope: str = "valid"  # valid | all
+    bg_mode: str = "power"  # power | constant | official
+    bg_gamma: float = 2.0
+    bg_value: float | None = None
+    paste: str = "all"  # all | missing
+    global_ot: bool = True
+    ot: dict = field(default_factory=lambda: {"eps": 0.1, "max_iter": 100, "tol": 1e-2, "log_domain": False})
+    denorm: str = "truncate"
+
+    def __post_init__(self) -> None:
+        from dhr.errors import DHRError
+
+        self.steps = tuple(int(s) for s in self.steps)
+        if not set(self.steps) <= {1, 2, 3}:
+            raise DHRError(f"dhr.steps={list(self.steps)}: use a subset of [1, 2, 3]")
+        if self.cell_scope not in ("valid", "all"):
+            raise DHRError(f"dhr.cell_scope={self.cell_scope!r}: use valid or all")
+        if self.bg_mode not in ("power", "constant", "official"):
+            raise DHRError(f"dhr.step1.bg_mode={self.bg_mode!r}: use power, constant or official")
+        if self.bg_mode == "constant" and self.bg_value is None:
+            raise DHRError("dhr.step1.bg_mode=constant needs dhr.step1.bg_value (a background score in [0, 1])")
+        if self.paste not in ("all", "missing"):
+            raise DHRError(f"dhr.step1.paste={self.paste!r}: use all or missing")
+
+
+# -- grid geometry -------------------------------------------------------------------------------
+def ceil_to(x: int, multiple: int) -> int:
+    return int(math.ceil(x / multiple) * multiple)
+
+
+def grid_size(canvas: int, patch: int = 14) -> int:
+    """Working grid g = ceil_p(2S) / p (74 for S = 512, p = 14)."""
+    return ceil_to(2 * canvas, patch) // patch
+
+
+def cell_centres(canvas: int, g: int, device: torch.device | None = None) -> torch.Tensor:
+    """Continuous canvas coordinate of each cell centre, (c + 0.5) S / g."""
+    return (torch.arange(g, device=device, dtype=torch.float64) + 0.5) * canvas / g
+
+
+def valid_cells(crop_box: torch.Tensor, canvas: int, g: int, scope: str = "valid") -> torch.Tensor:
+    """(B, g, g) cells whose centre lies inside the crop box (all cells with ``scope='all'``)."""
+    b = crop_box.shape[0]
+    if scope == "all":
+        return torch.ones(b, g, g, dtype=torch.bool, device=crop_box.device)
+    centre = cell_centres(canvas, g, crop_box.device)
+    box = crop_box.to(torch.float64)
+    rows = (centre[None] >= box[:, 0:1]) & (centre[None] < box[:, 2:3])
+    cols = (centre[None] >= box[:, 1:2]) & (centre[None] < box[:, 3:4])
+    return rows[:, :, None] & cols[:, None, :]
+
+
+def opencv_nearest_index(n_in: int, n_out: int) -> np.ndarray:
+    """Source index of OpenCV ``INTER_NEAREST``: floor(dst * in / out), capped at in - 1."""
+    return np.minimum(np.floor(np.arange(n_out) * (n_in / n_out)).astype(np.int64), n_in - 1)
+
+
+def legacy_nearest_index(n_in: int, n_out: int) -> torch.Tensor:
+    """Source index of PyTorch legacy ``nearest`` (read from F.interpolate itself, so it is exact)."""
+    src = torch.arange(n_in, dtype=torch.float32).view(1, 1, n_in)
+    return F.interpolate(src, size=n_out, mode="nearest").view(-1).long()
+
+
+def majority_vote(masks: torch.Tensor, g: int, patch: int, num_classes: int) -> torch.Tensor:
+    """(B, g, g) cell labels: the official vote on the mask resized to ceil_p(S) (OpenCV nearest).
+
+    Cell r covers rows [int(r P / g), int(r P / g) + P // g) of the resized mask; 255 votes as
+    its own label; ties go to the smallest label.
+    """
+    b, h, w = masks.shape
+    ph, pw = ceil_to(h, patch), ceil_to(w, patch)
+    ry = torch.from_numpy(opencv_nearest_index(h, ph)).to(masks.device)
+    rx = torch.from_numpy(opencv_nearest_index(w, pw)).to(masks.device)
+    ly, lx = ph // g, pw // g
+    start_y = torch.tensor([int(r * ph / g) for r in range(g)], device=masks.device)
+    start_x = torch.tensor([int(c * pw / g) for c in range(g)], device=masks.device)
+    rows = ry[start_y[:, None] + torch.arange(ly, device=masks.device)]  # (g, ly) source rows
+    cols = rx[start_x[:, None] + torch.arange(lx, device=masks.device)]
+    patches = masks[:, rows[:, :, None, None], cols[None, None, :, :]]  # (B, g, ly, g, lx)
+    votes = patches.permute(0, 1, 3, 2, 4).reshape(b, g, g, ly * lx).long()
+    votes = torch.where(votes == IGNORE, num_classes, votes.clamp(0, num_classes))
+    counts = torch.zeros(b, g, g, num_classes + 1, dtype=torch.int32, device=masks.device)
+    counts.scatter_add_(3, votes, torch.ones_like(votes, dtype=torch.int32))
+    winner = counts.argmax(3)  # first maximum = smallest label
+    return torch.where(winner == num_classes, IGNORE, winner)
+
+
+def prototypes(feats: torch.Tensor, cell_labels: torch.Tensor, valid: torch.Tensor,
+               num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class means (B, C, D) of grid features (B, D, g, g) over labelled valid cells, and presence (B, C).
+
+    One-hot (C x cells) @ features (cells x D) / counts: no loop over cells.
+    """
+    b, d = feats.shape[:2]
+    labels = torch.where(valid & (cell_labels != IGNORE), cell_labels, num_classes).view(b, -1)
+    onehot = F.one_hot(labels, num_classes + 1)[..., :num_classes].to(feats.dtype)  # (B, cells, C)
+    sums = torch.einsum("bnc,bdn->bcd", onehot, feats.reshape(b, d, -1))
+    counts = onehot.sum(1)
+    return sums / counts.clamp_min(1)[..., None], counts > 0
+
+
+def minmax(maps: torch.Tensor, valid: torch.Tensor, eps: float) -> torch.Tensor:
+    """Per-channel min-max over valid cells of (B, C, g, g) maps, floored at ``eps``, clipped to [0, 1]."""
+    v = valid[:, None]
+    lo = torch.where(v, maps, float("inf")).amin(dim=(2, 3), keepdim=True)
+    hi = torch.where(v, maps, float("-inf")).amax(dim=(2, 3), keepdim=True)
+    denom = (hi - lo).clamp_min(eps) if eps > 0 else hi - lo
+    out = ((maps - lo) / denom).clamp(0, 1)
+    return torch.where(v, out, 0.0)
+
+
+def cosine_heatmaps(feats: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
+    """(B, C, g, g) cosine of every cell's feature with every class prototype."""
+    return torch.einsum("bdhw,bcd->bchw", F.normalize(feats.float(), dim=1), F.normalize(protos.float(), dim=2))
+
+
+def transport(maps: torch.Tensor, valid: torch.Tensor, classes: torch.Tensor, ot: dict) -> torch.Tensor:
+    """OT plan for (B, C, g, g) maps over the valid cells and the given classes (B, C), same layout."""
+    b, c, h, w = maps.shape
+    plan = sinkhorn_plan(maps.flatten(2).transpose(1, 2), valid.view(b, -1), classes, **ot)
+    return plan.transpose(1, 2).reshape(b, c, h, w)
+
+
+# -- CRF glue ------------------------------------------------------------------------------------
+def serial_crf_map(images: list[np.ndarray], probs: list[np.ndarray]) -> list[np.ndarray]:
+    from dhr.ops.crf import dense_crf
+
+    return [dense_crf(im, p) for im, p in zip(images, probs, strict=True)]
+
+
+def _crop_images(images: torch.Tensor, boxes: list[tuple[int, int, int, int]], denorm: str) -> list[np.ndarray]:
+    arr = images.detach().float().cpu().numpy()
+    return [denormalize(arr[i, :, y0:y1, x0:x1], denorm) for i, (y0, x0, y1, x1) in enumerate(boxes)]
+
+
+# -- Step 1 --------------------------------------------------------------------------------------
+def normalised_cams(cams: torch.Tensor, tags: torch.Tensor, eps: float) -> torch.Tensor:
+    """ReLU, divide by each channel's maximum over the full canvas map (floored), zero absent classes."""
+    a = F.relu(cams.float())
+    return a / a.amax(dim=(2, 3), keepdim=True).clamp_min(eps) * tags[:, :, None, None].float()
+
+
+def cam_box(box: Sequence[int], cam_hw: tuple[int, int], canvas: int) -> tuple[int, int, int, int]:
+    """Crop box in CAM cells, floor(coord * size / S) at both ends, at least one cell."""
+    h, w = cam_hw
+    y0, x0, y1, x1 = (int(v) for v in box)
+    cy0, cx0 = y0 * h // canvas, x0 * w // canvas
+    cy1, cx1 = max(y1 * h // canvas, cy0 + 1), max(x1 * w // canvas, cx0 + 1)
+    return cy0, cx0, min(cy1, h), min(cx1, w)
+
+
+def step1_scores(cams: torch.Tensor, tags: torch.Tensor, boxes: torch.Tensor, canvas: int,
+                 cfg: RelabelConfig) -> torch.Tensor:
+    """(B, C_fg, S, S) Step-1 CAM maps on the canvas: OT-reweighted inside the CAM box, legacy-nearest upsampled."""
+    b, k, h, w = cams.shape
+    a = normalised_cams(cams, tags, cfg.cam_eps)
+    cell_boxes = [cam_box(box.tolist(), (h, w), canvas) for box in boxes]
+    inside = torch.zeros(b, h, w, dtype=torch.bool, device=cams.device)
+    for i, (cy0, cx0, cy1, cx1) in enumerate(cell_boxes):
+        inside[i, cy0:cy1, cx0:cx1] = True
+    present = tags > 0
+    multi = present.sum(1) > 1
+    if bool(multi.any()):
+        plan = transport(a[multi], inside[multi], present[multi], cfg.ot)
+        a = a.clone()
+        a[multi] = a[multi] * plan
+    # legacy-nearest upsampling of each box's cells to its crop, as canvas index maps
+    row_src = torch.full((b, canvas), -1, dtype=torch.long, device=cams.device)
+    col_src = torch.full((b, canvas), -1, dtype=torch.long, device=cams.device)
+    for i, ((cy0, cx0, cy1, cx1), box) in enumerate(zip(cell_boxes, boxes.tolist(), strict=True)):
+        y0, x0, y1, x1 = box
+        row_src[i, y0:y1] = cy0 + legacy_nearest_index(cy1 - cy0, y1 - y0).to(cams.device)
+        col_src[i, x0:x1] = cx0 + legacy_nearest_index(cx1 - cx0, x1 - x0).to(cams.device)
+    idx_b = torch.arange(b, device=cams.device)[:, None, None]
+    up = a.permute(0, 2, 3, 1)[idx_b, row_src.clamp_min(0)[:, :, None], col_src.clamp_min(0)[:, None, :]]
+    inbox = (row_src >= 0)[:, :, None] & (col_src >= 0)[:, None, :]
+    return torch.where(inbox[..., None], up, 0.0).permute(0, 3, 1, 2)
+
+
+def step1(masks: torch.Tensor, cams: torch.Tensor, tags: torch.Tensor, images: torch.Tensor, boxes: torch.Tensor,
+          cfg: RelabelConfig, fg_ids: torch.Tensor, crf_map: CRFMap) -> torch.Tensor:
+    """Paste OT-restored foreground seeds into ``masks`` (B, S, S); background/uncertain keeps the label."""
+    canvas = masks.shape[-1]
+    scores = step1_scores(cams, tags, boxes, canvas, cfg)
+    out = masks.clone()
+    jobs, where = [], []
+    box_list = [tuple(int(v) for v in box) for box in boxes.tolist()]
+    for i, (y0, x0, y1, x1) in enumerate(box_list):
+        fg = torch.nonzero(tags[i] > 0).flatten()
+        if len(fg) == 0:
+            continue
+        maps = scores[i, fg, y0:y1, x0:x1]
+        if cfg.bg_mode == "power":
+            bg = (1 - maps.amax(0, keepdim=True)).clamp_min(0) ** cfg.bg_gamma
+            maps = torch.cat([bg, maps])
+        elif cfg.bg_mode == "constant":
+            maps = torch.cat([torch.full_like(maps[:1], float(cfg.bg_value)), maps])
+        jobs.append(maps.cpu().numpy())
+        where.append((i, fg))
+    if not jobs:
+        return out
+    q_list = crf_map(_crop_images(images[[i for i, _ in where]], [box_list[i] for i, _ in where], cfg.denorm), jobs)
+    for (i, fg), q in zip(where, q_list, strict=True):
+        y0, x0, y1, x1 = box_list[i]
+        q = torch.from_numpy(q)
+        if cfg.bg_mode == "official":
+            q = torch.cat([q, 1 - q.amax(0, keepdim=True)])
+            lut = torch.cat([fg_ids[fg.cpu()], torch.tensor([IGNORE])])
+        else:
+            lut = torch.cat([torch.tensor([IGNORE]), fg_ids[fg.cpu()]])
+        new = lut[q.argmax(0)].to(out.device)
+        region = out[i, y0:y1, x0:x1]
+        paste = new != IGNORE
+        if cfg.paste == "missing":
+            before = torch.unique(region)
+            paste &= ~torch.isin(new, before)
+        region[paste] = new[paste]
+    return out
+
+
+# -- Steps 2 and 3 -------------------------------------------------------------------------------
+def resize_to_grid(feat: torch.Tensor, g: int) -> torch.Tensor:
+    """C4/C5 onto the working grid: bilinear, align_corners=True (the release's resize)."""
+    if tuple(feat.shape[-2:]) == (g, g):
+        return feat.float()
+    return F.interpolate(feat.float(), size=(g, g), mode="bilinear", align_corners=True)
+
+
+def step23_maps(masks: torch.Tensor, uss: torch.Tensor, wss_feats: Sequence[torch.Tensor], valid: torch.Tensor,
+                num_classes: int, cfg: RelabelConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """H^dhr (B, C, g, g) after Steps 2-3 (minus the CRF) and the class sets (B, C)."""
+    g = uss.shape[-1]
+    labels = majority_vote(masks, g, cfg.uss_patch, num_classes)
+    protos, present = prototypes(uss.float(), labels, valid, num_classes)
+    heat = minmax(cosine_heatmaps(uss, protos), valid, cfg.mm_eps) * present[:, :, None, None]
+    if 3 in cfg.steps and wss_feats:
+        vn = F.normalize(protos, dim=2)
+        corr = F.relu(torch.einsum("bcd,bkd->bck", vn, vn)).triu()
+        groups = (corr > cfg.tau) & present[:, None, :] & present[:, :, None]
+        if bool((groups.sum(2) > 1).any()):
+            ws = []
+            for feat in wss_feats:
+                grid = resize_to_grid(feat, g)
+                p, _ = prototypes(grid, labels, valid, num_classes)
+                ws.append(minmax(cosine_heatmaps(grid, p), valid, cfg.mm_eps))
+            ws_heat = minmax(torch.stack(ws).mean(0), valid, cfg.mm_eps)
+            for i in range(num_classes):  # sequential, in place: overlapping groups multiply twice
+                group = groups[:, i]
+                todo = group.sum(1) > 1
+                if bool(todo.any()):
+                    plan = transport(ws_heat[todo], valid[todo], group[todo], cfg.ot)
+                    heat[todo] = torch.where(group[todo][:, :, None, None], heat[todo] * plan, heat[todo])
+    if cfg.global_ot:
+        multi = present.sum(1) > 1
+        if bool(multi.any()):
+            plan = transport(heat[multi], valid[multi], present[multi], cfg.ot)
+            heat[multi] = minmax(heat[multi] * plan, valid[multi], cfg.mm_eps) * present[multi][:, :, None, None]
+    return heat, present
+
+
+def sample_at_pixels(heat: torch.Tensor, valid: torch.Tensor, canvas: int) -> torch.Tensor:
+    """(B, C, S, S) maps at canvas pixel centres, grid coordinate (x + 0.5) g / S - 0.5, clamped to the valid cells."""
+    b, _, g, _ = heat.shape
+    pos = (torch.arange(canvas, device=heat.device, dtype=torch.float32) + 0.5) * g / canvas - 0.5
+    idx = torch.arange(g, device=heat.device, dtype=torch.float32)
+    any_row, any_col = valid.any(2), valid.any(1)  # (B, g) rows / columns with a valid cell
+
+    def clamp(flags: torch.Tensor) -> torch.Tensor:
+        lo = torch.where(flags, idx, float(g)).amin(1, keepdim=True)
+        hi = torch.where(flags, idx, -1.0).amax(1, keepdim=True)
+        return pos[None].clamp(min=0).minimum(hi).maximum(lo)
+
+    gy, gx = clamp(any_row), clamp(any_col)  # (B, S) grid coordinates
+    ny, nx = (gy + 0.5) / g * 2 - 1, (gx + 0.5) / g * 2 - 1
+    grid = torch.stack(torch.broadcast_tensors(nx[:, None, :], ny[:, :, None]), dim=-1)
+    return F.grid_sample(heat, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def step23(masks: torch.Tensor, uss: torch.Tensor, wss_feats: Sequence[torch.Tensor], images: torch.Tensor,
+           boxes: torch.Tensor, num_classes: int, cfg: RelabelConfig, crf_map: CRFMap) -> torch.Tensor:
+    """Overwrite each crop with argmax CRF(image, H^dhr at its pixels) over its class set."""
+    canvas, g = masks.shape[-1], uss.shape[-1]
+    valid = valid_cells(boxes, canvas, g, cfg.cell_scope)
+    heat, present = step23_maps(masks, uss, wss_feats, valid, num_classes, cfg)
+    pixels = sample_at_pixels(heat, valid, canvas)
+    out = masks.clone()
+    box_list = [tuple(int(v) for v in box) for box in boxes.tolist()]
+    todo = [i for i in range(len(box_list)) if bool(present[i].any())]
+    if not todo:
+        return out
+    classes = [torch.nonzero(present[i]).flatten().cpu() for i in todo]
+    jobs = [pixels[i, cls.to(pixels.device), y0:y1, x0:x1].cpu().numpy()
+            for i, cls in zip(todo, classes, strict=True) for (y0, x0, y1, x1) in [box_list[i]]]
+    q_list = crf_map(_crop_images(images[todo], [box_list[i] for i in todo], cfg.denorm), jobs)
+    for i, cls, q in zip(todo, classes, q_list, strict=True):
+        y0, x0, y1, x1 = box_list[i]
+        out[i, y0:y1, x0:x1] = cls[torch.from_numpy(q).argmax(0)].to(out.device)
+    return out
+
+
+@dataclass
+class RelabelResult:
+    masks: torch.Tensor
+    changed: dict[str, torch.Tensor]  # pixels changed by each step, per sample
+
+
+@torch.no_grad()
+def relabel(masks: torch.Tensor, *, cams: torch.Tensor, tags: torch.Tensor, images: torch.Tensor, boxes: torch.Tensor,
+            uss: torch.Tensor | None, wss_feats: Sequence[torch.Tensor], num_classes: int, background_id: int | None,
+            cfg: RelabelConfig, crf_map: CRFMap = serial_crf_map) -> RelabelResult:
+    """The whole §5.5 pseudo-code for a batch; returns the rebuilt masks and per-step change counts."""
+    fg_ids = torch.tensor([c for c in range(num_classes) if c != background_id], dtype=torch.long)
+    changed: dict[str, torch.Tensor] = {}
+    current = masks
+    if 1 in cfg.steps:
+        new = step1(current, cams, tags, images, boxes, cfg, fg_ids, crf_map)
+        changed["step1"] = (new != current).flatten(1).sum(1)
+        current = new
+    if 2 in cfg.steps:
+        if uss is None:
+            from dhr.errors import DHRError
+
+            raise DHRError("dhr.steps includes 2 but the batch has no USS features; export them with dhr.features")
+        new = step23(current, uss, wss_feats, images, boxes, num_classes, cfg, crf_map)
+        changed["step23"] = (new != current).flatten(1).sum(1)
+        current = new
+    return RelabelResult(current, changed)
