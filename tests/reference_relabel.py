@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dhr.ops.crf import dense_crf, denormalize
+from dhr.ops.crf import denormalize, dense_crf
 
 IGNORE = 255
 

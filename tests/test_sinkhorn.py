@@ -15,8 +15,9 @@ def literal_sinkhorn(s: np.ndarray, eps: float = 0.1, max_iter: int = 100, tol: 
     k = np.exp(-(1 - s) / eps)
     a, b = np.full(m, 1 / m), np.full(n, 1 / n)
     r, c = np.ones(m), np.ones(n)
-    it = 0
-    for it in range(1, max_iter + 1):
+    iters = 0
+    while iters < max_iter:
+        iters += 1
         r_prev = r
         r = a / (k @ c)
         c = b / (k.T @ r)
@@ -24,7 +25,7 @@ def literal_sinkhorn(s: np.ndarray, eps: float = 0.1, max_iter: int = 100, tol: 
             break
     t = r[:, None] * k * c[None]
     lo, hi = t.min(0), t.max(0)
-    return t, (t - lo) / np.maximum(hi - lo, 1e-5), it
+    return t, (t - lo) / np.maximum(hi - lo, 1e-5), iters
 
 
 def test_matches_the_literal_loop_and_pins_the_iteration_count():
