@@ -129,7 +129,7 @@ def bilinear_at_pixels(maps: np.ndarray, valid: np.ndarray, box, s: int) -> np.n
     return out
 
 
-def reference_relabel(mask, cam, tag, image, box, uss, wss, num_classes, background_id, cfg):
+def reference_relabel(mask, cam, tag, image, box, uss, wss, num_classes, background_id, cfg, crf=dense_crf):
     """One sample: (S, S) int mask, (C_fg, h, w) CAM, (C_fg,) tags, (3, S, S) image, box, (D, g, g) USS, [C4, C5]."""
     s = mask.shape[0]
     mask = mask.copy()
@@ -150,13 +150,13 @@ def reference_relabel(mask, cam, tag, image, box, uss, wss, num_classes, backgro
                 af = af * plan.T.reshape(af.shape)
             up = F.interpolate(torch.tensor(af, dtype=torch.float32)[None], size=(y1 - y0, x1 - x0), mode="nearest")[0].numpy()
             if cfg.bg_mode == "official":
-                q = dense_crf(crop_image, up)
+                q = crf(crop_image, up)
                 q = np.concatenate([q, 1 - q.max(0, keepdims=True)])
                 lut = [fg_ids[k] for k in present] + [IGNORE]
             else:
                 bg = np.clip(1 - up.max(0, keepdims=True), 0, None) ** cfg.bg_gamma if cfg.bg_mode == "power" \
                     else np.full_like(up[:1], cfg.bg_value)
-                q = dense_crf(crop_image, np.concatenate([bg, up]).astype(np.float32))
+                q = crf(crop_image, np.concatenate([bg, up]).astype(np.float32))
                 lut = [IGNORE] + [fg_ids[k] for k in present]
             new = np.asarray(lut)[q.argmax(0)]
             region = mask[y0:y1, x0:x1]
@@ -193,6 +193,6 @@ def reference_relabel(mask, cam, tag, image, box, uss, wss, num_classes, backgro
     if cfg.global_ot and n > 1:
         heat = mm_maps(heat * ot_on_cells(heat, valid, cfg), valid, cfg.mm_eps)
     pixels = bilinear_at_pixels(heat, valid, box, s)
-    q = dense_crf(crop_image, pixels.astype(np.float32))
+    q = crf(crop_image, pixels.astype(np.float32))
     mask[y0:y1, x0:x1] = np.asarray(classes)[q.argmax(0)]
     return mask

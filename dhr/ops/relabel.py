@@ -123,17 +123,24 @@ def majority_vote(masks: torch.Tensor, g: int, patch: int, num_classes: int) -> 
     return torch.where(winner == num_classes, IGNORE, winner)
 
 
+def as_cells(feats: torch.Tensor) -> torch.Tensor:
+    """(B, D, g, g) → (B, g*g, D) float32; free for channels-last maps (reductions over D run fastest so)."""
+    b, d = feats.shape[:2]
+    return feats.float().permute(0, 2, 3, 1).reshape(b, -1, d)
+
+
 def prototypes(feats: torch.Tensor, cell_labels: torch.Tensor, valid: torch.Tensor,
                num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Class means (B, C, D) of grid features (B, D, g, g) over labelled valid cells, and presence (B, C).
 
     One-hot (C x cells) @ features (cells x D) / counts: no loop over cells.
     """
-    b, d = feats.shape[:2]
+    cells = as_cells(feats) if feats.ndim == 4 else feats
+    b = cells.shape[0]
     labels = torch.where(valid & (cell_labels != IGNORE), cell_labels, num_classes).view(b, -1)
-    onehot = F.one_hot(labels, num_classes + 1)[..., :num_classes].to(feats.dtype)  # (B, cells, C)
-    sums = torch.einsum("bnc,bdn->bcd", onehot, feats.reshape(b, d, -1))
+    onehot = F.one_hot(labels, num_classes + 1)[..., :num_classes].to(cells.dtype)  # (B, cells, C)
     counts = onehot.sum(1)
+    sums = onehot.transpose(1, 2) @ cells
     return sums / counts.clamp_min(1)[..., None], counts > 0
 
 
@@ -148,8 +155,12 @@ def minmax(maps: torch.Tensor, valid: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def cosine_heatmaps(feats: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
-    """(B, C, g, g) cosine of every cell's feature with every class prototype."""
-    return torch.einsum("bdhw,bcd->bchw", F.normalize(feats.float(), dim=1), F.normalize(protos.float(), dim=2))
+    """(B, C, g, g) cosine of every cell's feature (B, D, g, g) with every class prototype (B, C, D)."""
+    b, _, h, w = feats.shape
+    cells = as_cells(feats)
+    dots = cells @ protos.float().transpose(1, 2)  # (B, cells, C)
+    norms = cells.norm(dim=2, keepdim=True).clamp_min(1e-12) * protos.float().norm(dim=2)[:, None].clamp_min(1e-12)
+    return (dots / norms).transpose(1, 2).reshape(b, -1, h, w)
 
 
 def transport(maps: torch.Tensor, valid: torch.Tensor, classes: torch.Tensor, ot: dict) -> torch.Tensor:
@@ -187,71 +198,66 @@ def cam_box(box: Sequence[int], cam_hw: tuple[int, int], canvas: int) -> tuple[i
     return cy0, cx0, min(cy1, h), min(cx1, w)
 
 
-def step1_scores(cams: torch.Tensor, tags: torch.Tensor, boxes: torch.Tensor, canvas: int,
-                 cfg: RelabelConfig) -> torch.Tensor:
-    """(B, C_fg, S, S) Step-1 CAM maps on the canvas: OT-reweighted inside the CAM box, legacy-nearest upsampled."""
-    b, k, h, w = cams.shape
+def step1_cams(cams: torch.Tensor, tags: torch.Tensor, boxes: torch.Tensor, canvas: int,
+               cfg: RelabelConfig) -> tuple[torch.Tensor, list[tuple[int, int, int, int]]]:
+    """Normalised CAMs, OT-reweighted over each crop's CAM cells and tagged classes, and those cell boxes."""
+    b, _, h, w = cams.shape
     a = normalised_cams(cams, tags, cfg.cam_eps)
-    cell_boxes = [cam_box(box.tolist(), (h, w), canvas) for box in boxes]
-    inside = torch.zeros(b, h, w, dtype=torch.bool, device=cams.device)
-    for i, (cy0, cx0, cy1, cx1) in enumerate(cell_boxes):
-        inside[i, cy0:cy1, cx0:cx1] = True
+    cell_boxes = [cam_box(box, (h, w), canvas) for box in boxes.tolist()]
     present = tags > 0
     multi = present.sum(1) > 1
     if bool(multi.any()):
-        plan = transport(a[multi], inside[multi], present[multi], cfg.ot)
+        inside = torch.zeros(b, h, w, dtype=torch.bool, device=cams.device)
+        for i, (cy0, cx0, cy1, cx1) in enumerate(cell_boxes):
+            inside[i, cy0:cy1, cx0:cx1] = True
         a = a.clone()
-        a[multi] = a[multi] * plan
-    # legacy-nearest upsampling of each box's cells to its crop, as canvas index maps
-    row_src = torch.full((b, canvas), -1, dtype=torch.long, device=cams.device)
-    col_src = torch.full((b, canvas), -1, dtype=torch.long, device=cams.device)
-    for i, ((cy0, cx0, cy1, cx1), box) in enumerate(zip(cell_boxes, boxes.tolist(), strict=True)):
-        y0, x0, y1, x1 = box
-        row_src[i, y0:y1] = cy0 + legacy_nearest_index(cy1 - cy0, y1 - y0).to(cams.device)
-        col_src[i, x0:x1] = cx0 + legacy_nearest_index(cx1 - cx0, x1 - x0).to(cams.device)
-    idx_b = torch.arange(b, device=cams.device)[:, None, None]
-    up = a.permute(0, 2, 3, 1)[idx_b, row_src.clamp_min(0)[:, :, None], col_src.clamp_min(0)[:, None, :]]
-    inbox = (row_src >= 0)[:, :, None] & (col_src >= 0)[:, None, :]
-    return torch.where(inbox[..., None], up, 0.0).permute(0, 3, 1, 2)
+        a[multi] = a[multi] * transport(a[multi], inside[multi], present[multi], cfg.ot)
+    return a, cell_boxes
+
+
+def upsample_box(a: torch.Tensor, cell_box: tuple[int, int, int, int], box: tuple[int, int, int, int]) -> torch.Tensor:
+    """(K, h, w) CAM cells of ``cell_box`` → (K, crop h, crop w) with PyTorch legacy nearest."""
+    cy0, cx0, cy1, cx1 = cell_box
+    y0, x0, y1, x1 = box
+    rows = cy0 + legacy_nearest_index(cy1 - cy0, y1 - y0).to(a.device)
+    cols = cx0 + legacy_nearest_index(cx1 - cx0, x1 - x0).to(a.device)
+    return a[:, rows][:, :, cols]
 
 
 def step1(masks: torch.Tensor, cams: torch.Tensor, tags: torch.Tensor, images: torch.Tensor, boxes: torch.Tensor,
           cfg: RelabelConfig, fg_ids: torch.Tensor, crf_map: CRFMap) -> torch.Tensor:
     """Paste OT-restored foreground seeds into ``masks`` (B, S, S); background/uncertain keeps the label."""
-    canvas = masks.shape[-1]
-    scores = step1_scores(cams, tags, boxes, canvas, cfg)
+    a, cell_boxes = step1_cams(cams, tags, boxes, masks.shape[-1], cfg)
     out = masks.clone()
     jobs, where = [], []
     box_list = [tuple(int(v) for v in box) for box in boxes.tolist()]
-    for i, (y0, x0, y1, x1) in enumerate(box_list):
+    for i, box in enumerate(box_list):
         fg = torch.nonzero(tags[i] > 0).flatten()
         if len(fg) == 0:
             continue
-        maps = scores[i, fg, y0:y1, x0:x1]
+        maps = upsample_box(a[i, fg], cell_boxes[i], box)
         if cfg.bg_mode == "power":
             bg = (1 - maps.amax(0, keepdim=True)).clamp_min(0) ** cfg.bg_gamma
             maps = torch.cat([bg, maps])
         elif cfg.bg_mode == "constant":
             maps = torch.cat([torch.full_like(maps[:1], float(cfg.bg_value)), maps])
         jobs.append(maps.cpu().numpy())
-        where.append((i, fg))
+        where.append((i, fg.cpu()))
     if not jobs:
         return out
     q_list = crf_map(_crop_images(images[[i for i, _ in where]], [box_list[i] for i, _ in where], cfg.denorm), jobs)
     for (i, fg), q in zip(where, q_list, strict=True):
         y0, x0, y1, x1 = box_list[i]
-        q = torch.from_numpy(q)
         if cfg.bg_mode == "official":
-            q = torch.cat([q, 1 - q.amax(0, keepdim=True)])
-            lut = torch.cat([fg_ids[fg.cpu()], torch.tensor([IGNORE])])
+            q = np.concatenate([q, 1 - q.max(0, keepdims=True)])
+            lut = torch.cat([fg_ids[fg], torch.tensor([IGNORE])])
         else:
-            lut = torch.cat([torch.tensor([IGNORE]), fg_ids[fg.cpu()]])
-        new = lut[q.argmax(0)].to(out.device)
+            lut = torch.cat([torch.tensor([IGNORE]), fg_ids[fg]])
+        new = lut[torch.from_numpy(q.argmax(0))].to(out.device)
         region = out[i, y0:y1, x0:x1]
         paste = new != IGNORE
         if cfg.paste == "missing":
-            before = torch.unique(region)
-            paste &= ~torch.isin(new, before)
+            paste &= ~torch.isin(new, torch.unique(region))
         region[paste] = new[paste]
     return out
 
@@ -259,9 +265,10 @@ def step1(masks: torch.Tensor, cams: torch.Tensor, tags: torch.Tensor, images: t
 # -- Steps 2 and 3 -------------------------------------------------------------------------------
 def resize_to_grid(feat: torch.Tensor, g: int) -> torch.Tensor:
     """C4/C5 onto the working grid: bilinear, align_corners=True (the release's resize)."""
+    feat = feat.float().contiguous(memory_format=torch.channels_last)  # no copy when the net runs channels-last
     if tuple(feat.shape[-2:]) == (g, g):
-        return feat.float()
-    return F.interpolate(feat.float(), size=(g, g), mode="bilinear", align_corners=True)
+        return feat
+    return F.interpolate(feat, size=(g, g), mode="bilinear", align_corners=True)
 
 
 def step23_maps(masks: torch.Tensor, uss: torch.Tensor, wss_feats: Sequence[torch.Tensor], valid: torch.Tensor,
@@ -320,19 +327,23 @@ def step23(masks: torch.Tensor, uss: torch.Tensor, wss_feats: Sequence[torch.Ten
     canvas, g = masks.shape[-1], uss.shape[-1]
     valid = valid_cells(boxes, canvas, g, cfg.cell_scope)
     heat, present = step23_maps(masks, uss, wss_feats, valid, num_classes, cfg)
-    pixels = sample_at_pixels(heat, valid, canvas)
     out = masks.clone()
     box_list = [tuple(int(v) for v in box) for box in boxes.tolist()]
     todo = [i for i in range(len(box_list)) if bool(present[i].any())]
     if not todo:
         return out
-    classes = [torch.nonzero(present[i]).flatten().cpu() for i in todo]
-    jobs = [pixels[i, cls.to(pixels.device), y0:y1, x0:x1].cpu().numpy()
-            for i, cls in zip(todo, classes, strict=True) for (y0, x0, y1, x1) in [box_list[i]]]
+    # sample only each crop's own classes: pad the class lists to the longest one
+    classes = [torch.nonzero(present[i]).flatten() for i in todo]
+    width = max(len(c) for c in classes)
+    index = torch.stack([F.pad(c, (0, width - len(c))) for c in classes])
+    chosen = heat[todo].gather(1, index[:, :, None, None].expand(-1, -1, g, g))
+    pixels = sample_at_pixels(chosen, valid[todo], canvas).cpu()
+    jobs = [pixels[k, : len(cls), y0:y1, x0:x1].numpy()
+            for k, (i, cls) in enumerate(zip(todo, classes, strict=True)) for (y0, x0, y1, x1) in [box_list[i]]]
     q_list = crf_map(_crop_images(images[todo], [box_list[i] for i in todo], cfg.denorm), jobs)
     for i, cls, q in zip(todo, classes, q_list, strict=True):
         y0, x0, y1, x1 = box_list[i]
-        out[i, y0:y1, x0:x1] = cls[torch.from_numpy(q).argmax(0)].to(out.device)
+        out[i, y0:y1, x0:x1] = cls.cpu()[torch.from_numpy(q.argmax(0))].to(out.device)
     return out
 
 
