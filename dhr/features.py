@@ -14,26 +14,17 @@ import hashlib
 import io
 import json
 import logging
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from dhr.data.uss import ceil_to, feature_grid
 from dhr.utils.cli import hydra_entry
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
-
-
-def ceil_to(x: int, multiple: int) -> int:
-    return int(math.ceil(x / multiple) * multiple)
-
-
-def feature_grid(h: int, w: int, patch: int, first_scale: float = 2.0) -> tuple[int, int]:
-    """(h_f, w_f) of the exported map: the token grid of the first scale."""
-    return ceil_to(int(h * first_scale), patch) // patch, ceil_to(int(w * first_scale), patch) // patch
 
 
 def export_for_dhr(module: Any, path: str | Path) -> None:
@@ -143,7 +134,7 @@ def run(cfg: DictConfig) -> dict[str, int]:
     vit.to(device)
     head.to(device)
     manifest = {"ckpt": str(Path(cfg.ckpt).resolve()), "ckpt_sha256": _sha256(Path(cfg.ckpt)), "backbone": backbone,
-                "scales": list(cfg.scales), "flip": bool(cfg.flip), "dtype": "float16",
+                "scales": list(cfg.scales), "flip": bool(cfg.flip), "dtype": "float16", "patch": int(vit.patch_size),
                 "shape": "(reduced_dim, ceil_p(int(2H))/p, ceil_p(int(2W))/p)"}
     manifest_path = out_dir / MANIFEST
     if manifest_path.is_file():

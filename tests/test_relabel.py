@@ -28,7 +28,7 @@ def test_majority_vote_equals_the_per_cell_opencv_rule(s, patch):
     rng = np.random.default_rng(s)
     masks = rng.choice([0, 1, 2, 3, 255], size=(2, s, s), p=[0.4, 0.2, 0.2, 0.1, 0.1]).astype(np.int64)
     masks[1, : s // 3] = 2  # large uniform area: ties and duplicated rows
-    g = R.grid_size(s, patch)
+    g = R.working_grid(s, patch)
     got = R.majority_vote(torch.from_numpy(masks), g, patch, num_classes=4)
     for i in range(2):
         assert np.array_equal(got[i].numpy(), vote(masks[i], g, patch))
@@ -104,7 +104,7 @@ def random_batch(seed: int, s: int = 64, b: int = 3):
         masks[i][outside] = 255
         images[i][:, outside] = 0
         images[i][:, ~outside] += truth[i][~outside].float() * 0.3
-    grid = R.grid_size(s, 8)
+    grid = R.working_grid(s, 8)
     base = torch.randn(num_classes, 6, generator=g)
     base[2] = base[1] + 0.05 * torch.randn(6, generator=g)
     small = F.interpolate(truth[:, None].float(), size=(grid, grid), mode="nearest")[:, 0].long()

@@ -46,6 +46,9 @@ class SegmentationDataset(Dataset):
         ids: Sequence[str] | None = None,
         mask_dirs: Mapping[str, Path] | None = None,
         tags: Mapping[str, Sequence[int]] | None = None,
+        uss_dir: Path | None = None,
+        uss_patch: int = 14,
+        uss_dim: int | None = None,
     ) -> None:
         self.layout = layout
         self.split = split
@@ -54,6 +57,7 @@ class SegmentationDataset(Dataset):
         self.transform = transform
         self.mask_dirs = dict(mask_dirs or {})
         self.tags = tags
+        self.uss_dir, self.uss_patch, self.uss_dim = (Path(uss_dir) if uss_dir else None), int(uss_patch), uss_dim
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -79,6 +83,11 @@ class SegmentationDataset(Dataset):
         }
         for key, m in sample["masks"].items():
             out[key] = torch.from_numpy(m.astype(np.int64))
+        if self.uss_dir is not None:
+            from dhr.data.uss import load_uss, uss_on_grid, working_grid
+
+            feat = load_uss(self.uss_dir / f"{image_id}.pt", geometry.orig_hw, self.uss_patch, self.uss_dim)
+            out["uss"], out["uss_valid"] = uss_on_grid(feat, geometry, working_grid(geometry.canvas_hw[0], self.uss_patch))
         if self.tags is not None:
             out["tags"] = torch.from_numpy(self.layout.info.multi_hot(self.tags[image_id]))
         return out

@@ -12,7 +12,6 @@ Conventions: crop boxes are (y0, x0, y1, x1) on the S x S canvas; masks hold cla
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from dhr.data.uss import ceil_to, working_grid  # noqa: F401 - working_grid is part of this API
 from dhr.ops.crf import denormalize
 from dhr.ops.sinkhorn import sinkhorn_plan
 
@@ -62,15 +62,6 @@ class RelabelConfig:
 
 
 # -- grid geometry -------------------------------------------------------------------------------
-def ceil_to(x: int, multiple: int) -> int:
-    return int(math.ceil(x / multiple) * multiple)
-
-
-def grid_size(canvas: int, patch: int = 14) -> int:
-    """Working grid g = ceil_p(2S) / p (74 for S = 512, p = 14)."""
-    return ceil_to(2 * canvas, patch) // patch
-
-
 def cell_centres(canvas: int, g: int, device: torch.device | None = None) -> torch.Tensor:
     """Continuous canvas coordinate of each cell centre, (c + 0.5) S / g."""
     return (torch.arange(g, device=device, dtype=torch.float64) + 0.5) * canvas / g

@@ -52,7 +52,7 @@ def make_batch(b: int, s: int, seed: int = 0) -> dict:
         outside[y0:y1, x0:x1] = False
         masks[i][outside] = 255
         images[i][:, outside] = 0
-    grid = R.grid_size(s, 14)
+    grid = R.working_grid(s, 14)
     base = torch.randn(num_classes, 90, generator=g)
     base[2] = base[1] + 0.05 * torch.randn(90, generator=g)
     small = F.interpolate(truth[:, None].float(), size=(grid, grid), mode="nearest")[:, 0].long()
