@@ -14,6 +14,18 @@ from dhr.utils.cli import hydra_entry
 log = logging.getLogger(__name__)
 
 
+def module_class(path: str) -> type:
+    """The LightningModule class a checkpoint names (``dhr_module``); only dhr's own modules."""
+    import importlib
+
+    from dhr.errors import DHRError
+
+    module_name, _, name = path.rpartition(".")
+    if not module_name.startswith("dhr.modules."):
+        raise DHRError(f"checkpoint names module class {path!r}, which is not one of dhr's")
+    return getattr(importlib.import_module(module_name), name)
+
+
 def load_module(ckpt: str | Path, map_location: str = "cpu") -> Any:
     """The segmentation module of a checkpoint with its EMA weights when it has them."""
     import torch
@@ -27,11 +39,7 @@ def load_module(ckpt: str | Path, map_location: str = "cpu") -> Any:
         raise DHRError(f"ckpt={ckpt}: checkpoint not found; pass a .ckpt written by dhr.train")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-        cls = SegmentationModule
-        if state.get("dhr_module") == "dhr.modules.cam.CAMModule":
-            from dhr.modules.cam import CAMModule
-
-            cls = CAMModule
+        cls = module_class(state.get("dhr_module")) if state.get("dhr_module") else SegmentationModule
         module = cls(**state["hyper_parameters"])
     except (RuntimeError, KeyError, EOFError, TypeError, ValueError, pickle.UnpicklingError) as err:
         raise DHRError(f"{path}: not a readable dhr segmentation checkpoint ({str(err).splitlines()[0]})") from None
@@ -102,8 +110,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     module = load_module(cfg.ckpt)
     out_dir = resolve_out_dir(cfg)
     needs_tags = getattr(module, "needs_tags", False)
-    crf = needs_tags and bool(cfg.infer.get("crf", False))
-    # CAM seeds: the CRF-refined maps are the seeds; the maps before the CRF go beside them
+    crf = getattr(module, "writes_crf", False) and bool(cfg.infer.get("crf", False))
+    # CAM seeds, DHR masks: the CRF-refined maps are the result; the maps before the CRF go beside them
     out_dirs = {"label_crf": out_dir, "label": out_dir.with_name(out_dir.name + "_nocrf")} if crf else {"label": out_dir}
     for folder in out_dirs.values():
         check_out_dir(folder, cfg.overwrite)

@@ -43,6 +43,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         jitter: Sequence[float] | None = (0.3, 0.3, 0.3, 0.1),
         validate: str = "full",
         with_tags: bool = False,
+        with_gt: bool = False,
+        uss_dir: str | None = None,
+        uss_patch: int = 14,
     ) -> None:
         super().__init__()
         self.dataset_cfg = dict(dataset)
@@ -57,6 +60,8 @@ class SegmentationDataModule(pl.LightningDataModule):
             raise DHRError(f"data.validate={validate!r}: use full, quick or off")
         self.validate = validate
         self.with_tags = with_tags
+        self.with_gt = with_gt
+        self.uss_dir, self.uss_patch = (Path(uss_dir) if uss_dir else None), int(uss_patch)
         self.data_train: SegmentationDataset | None = None
         self.data_val: SegmentationDataset | None = None
         self.data_predict: SegmentationDataset | None = None
@@ -69,6 +74,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         """GT masks (``gt``), no masks (``none``: image-level tags only), or a folder of seed masks."""
         if self.masks == "none":
             return None
+        if self.masks == "wss_required":
+            raise DHRError("this model refines seed masks: choose them with wss=mars|rsepm|cam or "
+                           "wss=folder wss.path=DIR (CAM seeds: python -m dhr.predict model=cam ckpt=... split=train)")
         if self.masks == "gt":
             return self.layout.mask_dir(self.train_split)
         folder = Path(self.masks)
@@ -94,8 +102,14 @@ class SegmentationDataModule(pl.LightningDataModule):
                 ids = [i for i in ids if tags[i]]  # images without any tag cannot teach a classifier
                 if not ids:
                     raise DHRError(f"{self.layout.split_dir(self.train_split)}: no training image has a tag")
+            mask_dirs = {"mask": mask_dir} if mask_dir else {}
+            gt_dir = self.layout.mask_dir(self.train_split)
+            if self.with_gt and mask_dir != gt_dir and gt_dir.is_dir():
+                mask_dirs["gt"] = gt_dir  # diagnostics only (agreement of the training masks with GT)
+            uss_dim = self._check_uss(ids) if self.uss_dir is not None else None
             self.data_train = SegmentationDataset(
-                self.layout, self.train_split, ids=ids, mask_dirs={"mask": mask_dir} if mask_dir else None, tags=tags,
+                self.layout, self.train_split, ids=ids, mask_dirs=mask_dirs or None, tags=tags,
+                uss_dir=self.uss_dir, uss_patch=self.uss_patch, uss_dim=uss_dim,
                 transform=train_transform(crop_size=self.crop_size, resize_long=self.resize_long, flip=self.flip,
                                           jitter=self.jitter, ignore_index=self.info.ignore_index),
             )
@@ -103,6 +117,28 @@ class SegmentationDataModule(pl.LightningDataModule):
             self.data_val = self._whole_images(self.val_split, with_masks=True)
         if stage == "predict" and self.data_predict is None:
             self.data_predict = self._whole_images(self.predict_split, with_masks=False, with_tags=self.with_tags)
+
+    def _check_uss(self, ids: Sequence[str]) -> int:
+        """Every training image has a feature file, of the expected grid; returns the feature dimension."""
+        from dhr.data.uss import load_uss, read_manifest
+        from dhr.utils.io import read_rgb
+
+        folder = self.uss_dir
+        assert folder is not None
+        hint = "export them with `python -m dhr.features ckpt=<CAUSE ckpt> split=" + self.train_split + "`"
+        if not folder.is_dir():
+            raise DHRError(f"data.uss_dir={folder}: USS feature folder not found; {hint}")
+        patch = read_manifest(folder).get("patch")
+        if patch is not None and int(patch) != self.uss_patch:
+            raise DHRError(f"{folder}: features were exported with patch {patch} but dhr.uss_patch={self.uss_patch}; "
+                           f"set dhr.uss_patch={patch}")
+        missing = [i for i in ids if not (folder / f"{i}.pt").is_file()]
+        if missing:
+            raise DHRError(f"{folder}: {len(missing)} of {len(ids)} training images have no USS features "
+                           f"(first: {missing[:3]}); {hint}")
+        first = ids[0]
+        image = read_rgb(self.layout.image_paths(self.train_split)[first])
+        return int(load_uss(folder / f"{first}.pt", (image.height, image.width), self.uss_patch).shape[0])
 
     def _whole_images(self, split: str, *, with_masks: bool, with_tags: bool = False) -> SegmentationDataset:
         mask_dir = self.layout.mask_dir(split) if with_masks else None

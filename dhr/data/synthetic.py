@@ -231,3 +231,27 @@ def generate_from_cfg(data_root: str | os.PathLike, dataset_cfg: Mapping[str, An
     if tuple(dataset_cfg["classes"]) != SYNTH_CLASSES:
         raise DHRError(f"dataset {dataset_cfg['name']}: a generated dataset must list the classes {SYNTH_CLASSES}")
     return generate(data_root, str(dataset_cfg["name"]), **dict(spec))
+
+
+def write_erased_seeds(mask_dir: str | os.PathLike, out_dir: str | os.PathLike, classes: tuple[int, ...] = MINOR_IDS,
+                       fill: int = 0, overwrite: bool = False) -> int:
+    """Seeds that lost the minor objects: GT masks with ``classes`` set to ``fill`` (background).
+
+    The controlled case of DHR's problem: a WSS method whose seeds swallowed every small
+    object. Written atomically; refuses a non-empty ``out_dir`` unless ``overwrite``.
+    """
+    from dhr.utils.io import read_label_png, save_label_png
+
+    src, dst = Path(mask_dir), Path(out_dir)
+    if not src.is_dir():
+        raise DHRError(f"{src}: GT mask folder not found")
+    if dst.is_dir() and any(dst.glob("*.png")) and not overwrite:
+        raise DHRError(f"{dst} already holds seed masks; pass overwrite=True or choose another folder")
+    palette = make_palette("voc", len(SYNTH_CLASSES))
+    count = 0
+    for path in sorted(src.glob("*.png")):
+        label = read_label_png(path).copy()
+        label[np.isin(label, classes)] = fill
+        save_label_png(dst / path.name, label, palette)
+        count += 1
+    return count

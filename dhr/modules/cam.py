@@ -24,6 +24,7 @@ DEFAULT_OPTIM = {"lr": 0.01, "head_lr_mult": 10.0, "momentum": 0.9, "weight_deca
 
 class CAMModule(pl.LightningModule):
     needs_tags = True  # prediction reads the split's image-level tags
+    writes_crf = True  # with infer.crf, predictions come in a CRF and a no-CRF version
 
     def __init__(self, *, num_classes: int, backbone: dict[str, Any], background_id: int | None = 0,
                  optim: dict[str, float] | None = None, infer: dict[str, Any] | None = None) -> None:

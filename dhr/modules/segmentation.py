@@ -100,10 +100,14 @@ class SegmentationModule(pl.LightningModule):
         return {"id": batch["id"], "label": probs.argmax(1).to(torch.uint8).cpu()}
 
     # -- optimisation ---------------------------------------------------------------------------
+    def head_parameters(self) -> list[torch.nn.Parameter]:
+        """Parameters trained at ``head_lr_mult`` x the backbone LR."""
+        return list(self.net.head.parameters())
+
     def configure_optimizers(self) -> dict[str, Any]:
         o = self.optim
         backbone = [p for p in self.net.backbone.parameters() if p.requires_grad]
-        head = [p for p in self.net.head.parameters() if p.requires_grad]
+        head = [p for p in self.head_parameters() if p.requires_grad]
         optimizer = torch.optim.SGD(
             [{"params": backbone, "lr": o["lr"]}, {"params": head, "lr": o["lr"] * o["head_lr_mult"]}],
             lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"], nesterov=False,
@@ -112,3 +116,6 @@ class SegmentationModule(pl.LightningModule):
         power = o["poly_power"]
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: max(0.0, 1.0 - t / total) ** power)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["dhr_module"] = f"{type(self).__module__}.{type(self).__qualname__}"

@@ -99,3 +99,34 @@ def crf_refine_labels(image: np.ndarray, labels: np.ndarray, n_labels: int, para
     """Dense CRF on a hard label map (e.g. seed masks): refined (H, W) uint8 labels."""
     q = dense_crf(image, labels_to_probs(labels, n_labels, gt_prob, ignore_index), params)
     return q.argmax(0).astype(np.uint8)
+
+
+class CRFPool:
+    """A persistent worker pool for the per-step CRFs of DHR training (created on first use).
+
+    ``processes`` <= 1 runs serially; tiny batches also run serially, where a pool costs more
+    than it saves. Callable as ``pool(images, probs) -> list of Q``.
+    """
+
+    def __init__(self, processes: int | None = None, params: CRFParams = CRFParams()) -> None:
+        self.processes = max(1, processes if processes is not None else os.cpu_count() or 1)
+        self.params = params
+        self._pool = None
+
+    def __call__(self, images: Sequence[np.ndarray], probs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        jobs = [(im, p, self.params) for im, p in zip(images, probs, strict=True)]
+        if self.processes == 1 or len(jobs) == 1:
+            return [_crf_star(job) for job in jobs]
+        if self._pool is None:
+            ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+            self._pool = ctx.Pool(self.processes)
+        return self._pool.map(_crf_star, jobs)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool.join()
+            self._pool = None
+
+    def __getstate__(self) -> dict:  # a module holding a pool can still be pickled (ddp_spawn)
+        return {**self.__dict__, "_pool": None}

@@ -1,0 +1,158 @@
+"""DHR refinement stage (``dhr-method.md`` §3-9): DeepLabv3+ with a CAM head whose training
+masks are rebuilt every step by the online hierarchical rebalancing of :mod:`dhr.ops.relabel`.
+
+Each step: forward (logits, CAMs, C4, C5) → relabel the initial WSS masks of the crops under
+``no_grad`` (Step 1 OT seeds from the CAMs, Step 2 USS prototypes, Step 3 WSS rebalancing, CRF)
+→ cross-entropy on the rebuilt masks + multi-label soft-margin on the CAMs. Prediction adds the
+class threshold and dense CRF of §9, so ``dhr.predict model=dhr split=train`` writes DHR masks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dhr.errors import DHRError
+from dhr.modules.segmentation import SegmentationModule, legacy_nearest
+from dhr.ops.crf import CRFPool, denormalize, dense_crf
+from dhr.ops.inference import multiscale_probs
+from dhr.ops.relabel import RelabelConfig, cam_box, relabel
+
+DEFAULT_DHR = {"enabled": True, "steps": [1, 2, 3], "tau": 0.8, "uss_patch": 14, "ws_layers": ["c4", "c5"],
+               "cam_eps": 1e-5, "mm_eps": 1e-5, "cell_scope": "valid", "global_ot": True,
+               "step1": {"bg_mode": "power", "bg_gamma": 2.0, "bg_value": None, "paste": "all"},
+               "ot": {"eps": 0.1, "max_iter": 100, "tol": 1e-2, "log_domain": False},
+               "crf_processes": None, "denorm": "truncate"}
+
+
+def relabel_config(dhr: dict[str, Any]) -> RelabelConfig:
+    """The flat :class:`RelabelConfig` from the nested ``dhr`` config group."""
+    step1 = {**DEFAULT_DHR["step1"], **dhr.get("step1", {})}
+    return RelabelConfig(steps=dhr["steps"], tau=float(dhr["tau"]), uss_patch=int(dhr["uss_patch"]),
+                         cam_eps=float(dhr["cam_eps"]), mm_eps=float(dhr["mm_eps"]), cell_scope=dhr["cell_scope"],
+                         bg_mode=step1["bg_mode"], bg_gamma=float(step1["bg_gamma"]), bg_value=step1["bg_value"],
+                         paste=step1["paste"], global_ot=bool(dhr["global_ot"]),
+                         ot={**DEFAULT_DHR["ot"], **dhr.get("ot", {})}, denorm=dhr["denorm"])
+
+
+class DHRModule(SegmentationModule):
+    writes_crf = True  # with infer.crf, predictions come in a CRF and a no-CRF version
+
+    def __init__(self, *, num_classes: int, backbone: dict[str, Any], background_id: int | None = 0,
+                 dhr: dict[str, Any] | None = None, channels_last: bool = True, **kwargs: Any) -> None:
+        super().__init__(num_classes=num_classes, backbone=backbone, **kwargs)
+        self.save_hyperparameters()
+        self.dhr = {**DEFAULT_DHR, **(dhr or {})}
+        self.relabel_cfg = relabel_config(self.dhr)
+        unknown = set(self.dhr["ws_layers"]) - {"c2", "c3", "c4", "c5"}
+        if unknown:
+            raise DHRError(f"dhr.ws_layers has {sorted(unknown)}; use backbone maps among c2, c3, c4, c5")
+        self.background_id = background_id
+        self.num_foreground = num_classes - (background_id is not None)
+        self.output_stride = int(backbone.get("output_stride", 16))
+        self.cam_head = nn.Conv2d(self.net.backbone.feature_info.channels()[-1], self.num_foreground, 1, bias=False)
+        nn.init.kaiming_normal_(self.cam_head.weight, mode="fan_out", nonlinearity="relu")
+        self.channels_last = channels_last
+        if channels_last:  # C4/C5 come out channels-last: the relabelling's reductions over channels run fastest so
+            self.net.to(memory_format=torch.channels_last)
+        self._crf: CRFPool | None = None
+
+    # -- network --------------------------------------------------------------------------------
+    def head_parameters(self) -> list[nn.Parameter]:
+        return [*self.net.head.parameters(), *self.cam_head.parameters()]
+
+    def cams_from_c5(self, c5: torch.Tensor) -> torch.Tensor:
+        """Raw CAMs at stride 16: C5 halved (bilinear, align_corners=True) at output stride 8, as is at 16."""
+        if self.output_stride == 8:
+            c5 = F.interpolate(c5, scale_factor=0.5, mode="bilinear", align_corners=True)
+        return self.cam_head(c5)
+
+    def forward_train(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        if self.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
+        out = self.net.forward_features(image)
+        out["cams"] = self.cams_from_c5(out["c5"])
+        return out
+
+    @property
+    def crf_map(self) -> CRFPool:
+        if self._crf is None:
+            processes = self.dhr.get("crf_processes")
+            self._crf = CRFPool(None if processes in (None, "auto") else int(processes))
+        return self._crf
+
+    def teardown(self, stage: str) -> None:
+        if self._crf is not None:
+            self._crf.close()
+
+    # -- training -------------------------------------------------------------------------------
+    def box_mean_cams(self, cams: torch.Tensor, boxes: torch.Tensor, canvas: int) -> torch.Tensor:
+        """Global average of the raw CAMs over each crop box in CAM cells (§8): (B, C_fg)."""
+        mask = torch.zeros(cams.shape[0], 1, *cams.shape[-2:], device=cams.device, dtype=cams.dtype)
+        for i, box in enumerate(boxes.tolist()):
+            cy0, cx0, cy1, cx1 = cam_box(box, tuple(cams.shape[-2:]), canvas)
+            mask[i, :, cy0:cy1, cx0:cx1] = 1
+        return (cams * mask).sum((2, 3)) / mask.sum((2, 3))
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        image, seeds = batch["image"], batch["mask"]
+        if "tags" not in batch:
+            raise DHRError("model=dhr needs image-level tags of the training split (xml/ or cls_labels.json)")
+        out = self.forward_train(image)
+        n = image.shape[0]
+        target = seeds
+        if self.dhr["enabled"]:
+            feats = [out[name].detach() for name in self.dhr["ws_layers"]]
+            result = relabel(seeds, cams=out["cams"].detach(), tags=batch["tags"], images=image, boxes=batch["crop_box"],
+                             uss=batch.get("uss"), wss_feats=feats, num_classes=self.hparams.num_classes,
+                             background_id=self.background_id, cfg=self.relabel_cfg, crf_map=self.crf_map)
+            target = result.masks
+            crop_pixels = ((batch["crop_box"][:, 2] - batch["crop_box"][:, 0]) *
+                           (batch["crop_box"][:, 3] - batch["crop_box"][:, 1])).float()
+            for step, count in result.changed.items():
+                self.log(f"train/dhr_changed_{step}", (count.float() / crop_pixels).mean(), on_step=False,
+                         on_epoch=True, batch_size=n)
+        if "gt" in batch:  # a diagnostic only: agreement of the training masks with GT, never used to train
+            gt = batch["gt"]
+            for name, masks in (("seed", seeds), ("mask", target)):
+                scored = (masks != self.ignore_index) & (gt != self.ignore_index)
+                agree = ((masks == gt) & scored).sum().float() / scored.sum().clamp_min(1)
+                self.log(f"train/{name}_gt_acc", agree, on_step=False, on_epoch=True, batch_size=n)
+        logits = out["logits"]
+        seg = F.cross_entropy(logits, legacy_nearest(target, logits.shape[-2:]), ignore_index=self.ignore_index)
+        cls = F.multilabel_soft_margin_loss(self.box_mean_cams(out["cams"], batch["crop_box"], image.shape[-1]),
+                                            batch["tags"].to(logits.dtype))
+        loss = seg + cls
+        if not torch.isfinite(loss):
+            raise DHRError(f"training loss is {loss.item()} (seg {seg.item()}, cls {cls.item()}) at step "
+                           f"{self.global_step}: lower optim.lr (now {self.optim['lr']}) or use trainer.precision=32-true")
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
+        self.log("train/loss_cls", cls, on_step=False, on_epoch=True, batch_size=n)
+        return loss
+
+    # -- prediction (§9) ------------------------------------------------------------------------
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        inf = self.infer
+        probs = multiscale_probs(self.net, batch["image"], inf.get("scales", [1.0]), inf.get("flip", True)).float()
+        out = {"id": batch["id"], "label": probs.argmax(1).to(torch.uint8).cpu()}
+        if inf.get("crf", False):
+            out["label_crf"] = torch.stack([self.threshold_crf(im, p, float(inf.get("threshold", 0.05)))
+                                            for im, p in zip(batch["image"], probs, strict=True)])
+        return out
+
+    def threshold_crf(self, image: torch.Tensor, probs: torch.Tensor, threshold: float) -> torch.Tensor:
+        """Keep classes whose max probability exceeds ``threshold`` (else the best one), CRF, argmax."""
+        peak = probs.amax(dim=(1, 2))
+        kept = torch.nonzero(peak > threshold).flatten()
+        if len(kept) == 0:
+            kept = peak.argmax().view(1)
+        maps = probs[kept].cpu().numpy()
+        if self.infer.get("fp16_maps", False):
+            maps = maps.astype(np.float16).astype(np.float32)
+        q = dense_crf(denormalize(image.float().cpu().numpy(), self.dhr["denorm"]), maps)
+        return kept.cpu()[torch.from_numpy(q.argmax(0))].to(torch.uint8)
+
