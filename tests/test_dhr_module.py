@@ -86,3 +86,23 @@ def test_dhr_refuses_missing_inputs(tmp_path, synth_root, dhr_inputs):
                                 "dhr.uss_patch=8"], tmp_path / "c")
     with pytest.raises(DHRError, match="choose them with wss="):
         train(cfg)
+
+
+def test_init_from_a_cam_checkpoint_copies_backbone_and_cam_head(tmp_path, synth_root):
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from dhr.callbacks.ema import CKPT_KEY
+    from dhr.train import run as train
+
+    overrides = [o for o in tiny_train_overrides(synth_root) if not o.startswith("model.")]
+    train(compose_cfg("train", [*overrides, "model=cam"], tmp_path / "cam"))
+    ckpt = tmp_path / "cam" / "checkpoints" / "last.ckpt"
+    cam = torch.load(ckpt, map_location="cpu", weights_only=True)[CKPT_KEY]
+    cfg = compose_cfg("train", [*overrides, "model=dhr", f"model.init_from={ckpt}"], tmp_path / "d")
+    module = instantiate(OmegaConf.to_container(cfg.model, resolve=True))
+    assert torch.equal(module.cam_head.weight, cam["classifier.weight"])
+    assert torch.equal(module.net.backbone.state_dict()["layer4.1.conv2.weight"], cam["backbone.layer4.1.conv2.weight"])
+    torch.save({"dhr_module": "other"}, tmp_path / "x.ckpt")
+    with pytest.raises(DHRError, match="not a model=cam checkpoint"):
+        module.init_from_cam(str(tmp_path / "x.ckpt"))

@@ -43,7 +43,8 @@ class DHRModule(SegmentationModule):
     writes_crf = True  # with infer.crf, predictions come in a CRF and a no-CRF version
 
     def __init__(self, *, num_classes: int, backbone: dict[str, Any], background_id: int | None = 0,
-                 dhr: dict[str, Any] | None = None, channels_last: bool = True, **kwargs: Any) -> None:
+                 dhr: dict[str, Any] | None = None, channels_last: bool = True, init_from: str | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(num_classes=num_classes, backbone=backbone, **kwargs)
         self.save_hyperparameters()
         self.dhr = {**DEFAULT_DHR, **(dhr or {})}
@@ -56,10 +57,40 @@ class DHRModule(SegmentationModule):
         self.output_stride = int(backbone.get("output_stride", 16))
         self.cam_head = nn.Conv2d(self.net.backbone.feature_info.channels()[-1], self.num_foreground, 1, bias=False)
         nn.init.kaiming_normal_(self.cam_head.weight, mode="fan_out", nonlinearity="relu")
+        if init_from:
+            self.init_from_cam(init_from)
         self.channels_last = channels_last
         if channels_last:  # C4/C5 come out channels-last: the relabelling's reductions over channels run fastest so
             self.net.to(memory_format=torch.channels_last)
         self._crf: CRFPool | None = None
+
+    def init_from_cam(self, ckpt: str) -> None:
+        """Start the backbone and the CAM head from a ``model=cam`` checkpoint (its EMA weights).
+
+        Project choice (not in the release): the seed classifier is trained on the same tags, so
+        this is the "pretrained backbone" of a setting with no ImageNet weights.
+        """
+        from pathlib import Path
+
+        from dhr.callbacks.ema import CKPT_KEY
+
+        path = Path(ckpt)
+        if not path.is_file():
+            raise DHRError(f"model.init_from={ckpt}: CAM checkpoint not found")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if state.get("dhr_module") != "dhr.modules.cam.CAMModule":
+            raise DHRError(f"model.init_from={ckpt}: not a model=cam checkpoint (found {state.get('dhr_module')})")
+        weights = state.get(CKPT_KEY, state["state_dict"])
+        backbone = {k.removeprefix("backbone."): v for k, v in weights.items() if k.startswith("backbone.")}
+        try:
+            missing, unexpected = self.net.backbone.load_state_dict(backbone, strict=False)
+            self.cam_head.load_state_dict({"weight": weights["classifier.weight"]})
+        except (RuntimeError, KeyError) as err:
+            raise DHRError(f"model.init_from={ckpt}: does not fit this backbone/classes ({str(err).splitlines()[0]}); "
+                           "train the CAM baseline with the same backbone and dataset") from None
+        if unexpected or [k for k in missing if "num_batches_tracked" not in k]:
+            raise DHRError(f"model.init_from={ckpt}: backbone keys do not fit (missing {missing[:3]}, "
+                           f"unexpected {unexpected[:3]}); use the same backbone as the CAM run")
 
     # -- network --------------------------------------------------------------------------------
     def head_parameters(self) -> list[nn.Parameter]:

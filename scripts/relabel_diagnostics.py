@@ -1,0 +1,98 @@
+"""Which relabelling step helps or hurts? Score the rebuilt training masks against GT.
+
+    python scripts/relabel_diagnostics.py ckpt=<dhr or cam run>/checkpoints/last.ckpt [batches=20] [uss=CAUSE,COLOUR] \
+        [hydra overrides of the training run, e.g. experiment=synthetic_dhr]
+
+Takes a trained ``model=dhr`` checkpoint (online weights, as training uses them) or a
+``model=cam`` one (the DHR model at step 0 under ``model.init_from``), draws training
+crops exactly as training does (same seeds, tags, USS maps, augmentation) and runs the
+relabelling under several step sets and USS feature folders. For each it prints pixel accuracy
+and mIoU of the rebuilt masks against the GT over the labelled pixels, next to the seeds. A
+diagnostic only: GT is never used for training.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.utils import instantiate  # noqa: E402
+from omegaconf import OmegaConf, open_dict  # noqa: E402
+
+from dhr.conf_path import CONFIG_DIR  # noqa: E402
+from dhr.ops.metrics import scores_from_confusion  # noqa: E402
+from dhr.ops.relabel import RelabelConfig, relabel  # noqa: E402
+
+SETTINGS = {"seeds": None, "1": [1], "1,2": [1, 2], "1,2,3": [1, 2, 3], "2,3": [2, 3]}
+
+
+def confusion(pred: torch.Tensor, gt: torch.Tensor, n: int) -> np.ndarray:
+    keep = (pred != 255) & (gt != 255)
+    return torch.bincount(gt[keep] * n + pred[keep], minlength=n * n).view(n, n).numpy()
+
+
+def main() -> None:
+    args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a and a.split("=", 1)[0] in ("ckpt", "batches", "uss"))
+    overrides = [a for a in sys.argv[1:] if a.split("=", 1)[0] not in ("ckpt", "batches", "uss")]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=synthetic_dhr", *overrides])
+    from dhr.predict import module_class
+
+    state = torch.load(args["ckpt"], map_location="cpu", weights_only=True)
+    if state.get("dhr_module") == "dhr.modules.cam.CAMModule":  # the DHR model at step 0 when started from it
+        module = instantiate(OmegaConf.to_container(cfg.model, resolve=True), init_from=args["ckpt"])
+    else:
+        module = module_class(state["dhr_module"])(**state["hyper_parameters"])
+        module.load_state_dict(state["state_dict"])
+    module.eval()
+    n = module.hparams.num_classes
+    uss_names = args.get("uss", cfg.dhr.uss_name).split(",")
+    loaders = {}
+    for name in uss_names:
+        with open_dict(cfg):
+            cfg.dhr.uss_name = name
+            cfg.data.num_workers = 0
+        dm = instantiate(OmegaConf.to_container(cfg.data, resolve=True))
+        dm.prepare_data()
+        dm.setup("fit")
+        loaders[name] = dm
+    base = module.relabel_cfg
+    totals: dict[str, np.ndarray] = {}
+    for name, dm in loaders.items():
+        torch.manual_seed(0)
+        import random
+
+        random.seed(0)
+        for i, batch in enumerate(dm.train_dataloader()):
+            if i >= int(args.get("batches", 20)):
+                break
+            with torch.no_grad():
+                out = module.forward_train(batch["image"])
+            for label, steps in SETTINGS.items():
+                key = f"{name:>8} steps {label}" if steps else "seeds"
+                if steps is None:
+                    masks = batch["mask"]
+                else:
+                    cfg_r = RelabelConfig(**{**base.__dict__, "steps": steps})
+                    masks = relabel(batch["mask"], cams=out["cams"], tags=batch["tags"], images=batch["image"],
+                                    boxes=batch["crop_box"], uss=batch["uss"], wss_feats=[out["c4"], out["c5"]],
+                                    num_classes=n, background_id=module.background_id, cfg=cfg_r,
+                                    crf_map=module.crf_map).masks
+                totals[key] = totals.get(key, 0) + confusion(masks, batch["gt"], n)
+    module.teardown("fit")
+    classes = list(cfg.dataset.classes)
+    print(f"{'masks':<24} {'pAcc':>6} {'mIoU':>6}  " + " ".join(f"{c[:6]:>6}" for c in classes))
+    for key, conf in totals.items():
+        s = scores_from_confusion(conf)
+        pacc = 100 * np.trace(conf) / conf.sum()
+        print(f"{key:<24} {pacc:6.1f} {s.miou:6.1f}  " + " ".join(f"{v:6.1f}" for v in np.nan_to_num(s.iou)))
+
+
+if __name__ == "__main__":
+    main()
