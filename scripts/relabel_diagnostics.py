@@ -1,6 +1,6 @@
 """Which relabelling step helps or hurts? Score the rebuilt training masks against GT.
 
-    python scripts/relabel_diagnostics.py ckpt=<dhr or cam run>/checkpoints/last.ckpt [batches=20] [uss=CAUSE,COLOUR] \
+    python scripts/relabel_diagnostics.py ckpt=<dhr or cam run>/checkpoints/last.ckpt [batches=20] [uss=CAUSE,COLOUR] [crf=off] \
         [hydra overrides of the training run, e.g. experiment=synthetic_dhr]
 
 Takes a trained ``model=dhr`` checkpoint (online weights, as training uses them) or a
@@ -32,14 +32,19 @@ from dhr.ops.relabel import RelabelConfig, relabel  # noqa: E402
 SETTINGS = {"seeds": None, "1": [1], "1,2": [1, 2], "1,2,3": [1, 2, 3], "2,3": [2, 3]}
 
 
+def no_crf(images: list[np.ndarray], probs: list[np.ndarray]) -> list[np.ndarray]:
+    """``crf=off``: the winner is the argmax of the maps the CRF would have refined."""
+    return [np.asarray(p, dtype=np.float32) for p in probs]
+
+
 def confusion(pred: torch.Tensor, gt: torch.Tensor, n: int) -> np.ndarray:
     keep = (pred != 255) & (gt != 255)
     return torch.bincount(gt[keep] * n + pred[keep], minlength=n * n).view(n, n).numpy()
 
 
 def main() -> None:
-    args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a and a.split("=", 1)[0] in ("ckpt", "batches", "uss"))
-    overrides = [a for a in sys.argv[1:] if a.split("=", 1)[0] not in ("ckpt", "batches", "uss")]
+    args = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a and a.split("=", 1)[0] in ("ckpt", "batches", "uss", "crf"))
+    overrides = [a for a in sys.argv[1:] if a.split("=", 1)[0] not in ("ckpt", "batches", "uss", "crf")]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["experiment=synthetic_dhr", *overrides])
     from dhr.predict import module_class
@@ -83,7 +88,7 @@ def main() -> None:
                     masks = relabel(batch["mask"], cams=out["cams"], tags=batch["tags"], images=batch["image"],
                                     boxes=batch["crop_box"], uss=batch["uss"], wss_feats=[out["c4"], out["c5"]],
                                     num_classes=n, background_id=module.background_id, cfg=cfg_r,
-                                    crf_map=module.crf_map).masks
+                                    crf_map=module.crf_map if args.get("crf", "on") == "on" else no_crf).masks
                 totals[key] = totals.get(key, 0) + confusion(masks, batch["gt"], n)
     module.teardown("fit")
     classes = list(cfg.dataset.classes)
