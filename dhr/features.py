@@ -20,7 +20,6 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from dhr.data.uss import ceil_to, feature_grid
 from dhr.utils.cli import hydra_entry
 
 log = logging.getLogger(__name__)
@@ -85,6 +84,8 @@ def extract(vit: Any, head: Any, image: Any, scales: Sequence[float] = (2.0, 1.0
     import torch
     import torch.nn.functional as F
 
+    from dhr.data.uss import ceil_to
+
     _, _, h, w = image.shape
     p = vit.patch_size
     total, grid = None, None
@@ -120,6 +121,7 @@ def run(cfg: DictConfig) -> dict[str, int]:
     from dhr.data.layout import DatasetInfo, DatasetLayout
     from dhr.data.synthetic import generate_from_cfg
     from dhr.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from dhr.data.uss import feature_grid
     from dhr.errors import DHRError
     from dhr.utils.io import atomic_write_bytes, atomic_write_json, read_rgb
 

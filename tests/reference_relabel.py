@@ -196,3 +196,13 @@ def reference_relabel(mask, cam, tag, image, box, uss, wss, num_classes, backgro
     q = crf(crop_image, pixels.astype(np.float32))
     mask[y0:y1, x0:x1] = np.asarray(classes)[q.argmax(0)]
     return mask
+
+
+def blank_outside_boxes(masks: torch.Tensor, images: torch.Tensor, boxes: torch.Tensor) -> None:
+    """Make random batches look padded: mask 255 and image 0 outside each crop box (in place)."""
+    s = masks.shape[-1]
+    for i, (y0, x0, y1, x1) in enumerate(boxes.tolist()):
+        outside = torch.ones(s, s, dtype=torch.bool)
+        outside[y0:y1, x0:x1] = False
+        masks[i][outside] = IGNORE
+        images[i][:, outside] = 0

@@ -98,7 +98,8 @@ def test_tiny_three_stage_fit_logs_uss_metrics_and_compares_with_kmeans(tmp_path
 
 
 def test_features_export_shapes_resume_and_official_format(tmp_path, synth_root):
-    from dhr.features import export_for_dhr, feature_grid, load_teacher
+    from dhr.data.uss import feature_grid
+    from dhr.features import export_for_dhr, load_teacher
     from dhr.features import run as export
 
     module = tiny_module(stage="head", resolution=64)

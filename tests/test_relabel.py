@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from dhr.ops import relabel as R
-from tests.reference_relabel import cell_is_valid, reference_relabel, vote
+from tests.reference_relabel import blank_outside_boxes, cell_is_valid, reference_relabel, vote
 
 
 def test_opencv_and_legacy_nearest_indices_match_the_libraries():
@@ -98,12 +98,8 @@ def random_batch(seed: int, s: int = 64, b: int = 3):
     masks[(noise > 0.1) & (noise < 0.15)] = 0
     boxes = torch.tensor([[0, 0, s, s], [8, 0, s - 8, s], [0, 10, s, s - 6]])[:b]
     images = torch.randn(b, 3, s, s, generator=g) * 0.5
-    for i, (y0, x0, y1, x1) in enumerate(boxes.tolist()):
-        outside = torch.ones(s, s, dtype=torch.bool)
-        outside[y0:y1, x0:x1] = False
-        masks[i][outside] = 255
-        images[i][:, outside] = 0
-        images[i][:, ~outside] += truth[i][~outside].float() * 0.3
+    images += truth[:, None].float() * 0.3
+    blank_outside_boxes(masks, images, boxes)
     grid = R.working_grid(s, 8)
     base = torch.randn(num_classes, 6, generator=g)
     base[2] = base[1] + 0.05 * torch.randn(6, generator=g)

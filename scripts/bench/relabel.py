@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from dhr.ops import relabel as R  # noqa: E402
 from dhr.ops.crf import dense_crf, dense_crf_many  # noqa: E402
-from tests.reference_relabel import reference_relabel  # noqa: E402
+from tests.reference_relabel import blank_outside_boxes, reference_relabel  # noqa: E402
 
 
 def make_batch(b: int, s: int, seed: int = 0) -> dict:
@@ -47,11 +47,7 @@ def make_batch(b: int, s: int, seed: int = 0) -> dict:
     masks[torch.rand(b, s, s, generator=g) < 0.05] = 255
     boxes = torch.tensor([[0, 0, s, s] if i % 3 else [s // 8, 0, s - s // 8, s] for i in range(b)])
     images = torch.randn(b, 3, s, s, generator=g) * 0.5
-    for i, (y0, x0, y1, x1) in enumerate(boxes.tolist()):
-        outside = torch.ones(s, s, dtype=torch.bool)
-        outside[y0:y1, x0:x1] = False
-        masks[i][outside] = 255
-        images[i][:, outside] = 0
+    blank_outside_boxes(masks, images, boxes)
     grid = R.working_grid(s, 14)
     base = torch.randn(num_classes, 90, generator=g)
     base[2] = base[1] + 0.05 * torch.randn(90, generator=g)
