@@ -87,6 +87,8 @@ def test_tiny_three_stage_fit_logs_uss_metrics_and_compares_with_kmeans(tmp_path
         assert (tmp_path / "run" / "checkpoints" / stage / "done").is_file()
     assert 0 <= metrics["val/uss_mIoU"] <= 100 and 0 <= metrics["uss/kmeans_mIoU"] <= 100
     assert 0 <= metrics["uss/cause_crf_mIoU"] <= 100  # flip + dense CRF variant reported too
+    # k-means is a mean over several seeds, with its spread and best draw
+    assert metrics["uss/kmeans_mIoU_std"] >= 0 and metrics["uss/kmeans_mIoU_best"] >= metrics["uss/kmeans_mIoU"]
     assert "k-means on frozen backbone tokens" in capsys.readouterr().out
     state = torch.load(tmp_path / "run" / "checkpoints" / "probe" / "last.ckpt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("backbone") for k in state["state_dict"])  # the frozen ViT is not saved

@@ -276,8 +276,13 @@ class CauseModule(pl.LightningModule):
 
     # -- comparison with k-means on the frozen backbone ------------------------------------------
     @torch.no_grad()
-    def report(self, datamodule: Any, max_tokens: int = 200_000) -> dict[str, float]:
-        """Hungarian-matched mIoU / pAcc of CAUSE and of spherical k-means on the same frozen tokens."""
+    def report(self, datamodule: Any, max_tokens: int = 200_000, kmeans_seeds: int = 5) -> dict[str, float]:
+        """Hungarian-matched mIoU / pAcc of CAUSE and of spherical k-means on the same frozen tokens.
+
+        k-means depends on its token sample and k-means++ draw by several points of mIoU, so it
+        runs ``kmeans_seeds`` times (seed s draws its own sample and initialisation) and the
+        report gives the mean, the standard deviation and the best seed: one draw is no baseline.
+        """
         from dhr.ops.kmeans import spherical_kmeans
 
         loader = datamodule.val_dataloader()
@@ -286,16 +291,17 @@ class CauseModule(pl.LightningModule):
         self.eval()
         n = self.hparams.num_classes
         device = self.device
-        samples = []
-        g = torch.Generator().manual_seed(0)  # the baseline is deterministic
+        gens = [torch.Generator().manual_seed(s) for s in range(kmeans_seeds)]
+        samples: list[list[torch.Tensor]] = [[] for _ in gens]
+        per_batch = max(1, max_tokens // max(1, len(loader)))
         for batch in loader:
             t = self.tokens(batch["image"].to(device))
             flat = t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
-            keep = torch.randperm(len(flat), generator=g)[: max(1, max_tokens // max(1, len(loader)))]
-            samples.append(flat[keep.to(device)])
-        centroids = spherical_kmeans(torch.cat(samples), n)
+            for g, bucket in zip(gens, samples, strict=True):
+                bucket.append(flat[torch.randperm(len(flat), generator=g)[:per_batch].to(device)])
+        centroids = torch.stack([spherical_kmeans(torch.cat(b), n, seed=s) for s, b in enumerate(samples)])  # (S, n, D)
         hist_cause = torch.zeros(n, n, dtype=torch.long, device=device)
-        hist_kmeans = torch.zeros_like(hist_cause)
+        hist_kmeans = torch.zeros(kmeans_seeds, n, n, dtype=torch.long, device=device)
         hist_crf = torch.zeros_like(hist_cause)
         for batch in loader:
             image, label = batch["image"].to(device), batch["label"].to(device)
@@ -306,15 +312,19 @@ class CauseModule(pl.LightningModule):
                 crf_clusters = self.cluster_predict_crf(image, tuple(label.shape[-2:]))
                 hist_crf += torch.bincount(crf_clusters[valid] * n + label[valid], minlength=n * n).view(n, n)
             t = F.normalize(self.tokens(image), dim=1)
-            cos = F.interpolate(torch.einsum("bdhw,kd->bkhw", t, centroids), size=label.shape[-2:], mode="bilinear",
-                                align_corners=False)
-            km = cos.argmax(1)
-            hist_kmeans += torch.bincount(km[valid] * n + label[valid], minlength=n * n).view(n, n)
+            for s in range(kmeans_seeds):
+                cos = F.interpolate(torch.einsum("bdhw,kd->bkhw", t, centroids[s]), size=label.shape[-2:],
+                                    mode="bilinear", align_corners=False)
+                km = cos.argmax(1)
+                hist_kmeans[s] += torch.bincount(km[valid] * n + label[valid], minlength=n * n).view(n, n)
         cause = hungarian_scores(hist_cause.cpu().numpy())
-        kmeans = hungarian_scores(hist_kmeans.cpu().numpy())
+        kmeans = [hungarian_scores(h.cpu().numpy()) for h in hist_kmeans]
+        km_miou = np.array([k.miou for k in kmeans])
+        km_pacc = np.array([k.pixel_accuracy for k in kmeans])
         split = datamodule.info.split_dir_name(datamodule.val_split)
         out = {"uss/cause_mIoU": cause.miou, "uss/cause_pAcc": cause.pixel_accuracy,
-               "uss/kmeans_mIoU": kmeans.miou, "uss/kmeans_pAcc": kmeans.pixel_accuracy}
+               "uss/kmeans_mIoU": float(km_miou.mean()), "uss/kmeans_mIoU_std": float(km_miou.std()),
+               "uss/kmeans_mIoU_best": float(km_miou.max()), "uss/kmeans_pAcc": float(km_pacc.mean())}
         with_crf = ""
         if self.hparams.eval_crf:
             crf = hungarian_scores(hist_crf.cpu().numpy())
@@ -322,5 +332,6 @@ class CauseModule(pl.LightningModule):
             with_crf = f" (with flip + CRF: mIoU {crf.miou:.1f} pAcc {crf.pixel_accuracy:.1f})"
         print(f"USS ({datamodule.info.name}/{split}, Hungarian-matched, {n} clusters): "
               f"CAUSE mIoU {cause.miou:.1f} pAcc {cause.pixel_accuracy:.1f}{with_crf} | "
-              f"k-means on frozen backbone tokens mIoU {kmeans.miou:.1f} pAcc {kmeans.pixel_accuracy:.1f}")
+              f"k-means on frozen backbone tokens over {kmeans_seeds} seeds: mIoU {km_miou.mean():.1f} "
+              f"± {km_miou.std():.1f} (best {km_miou.max():.1f}) pAcc {km_pacc.mean():.1f}")
         return out
