@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import sys
 import zlib
@@ -29,9 +28,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from dhr.data.synthetic import SYNTH_CLASSES  # noqa: E402
 from dhr.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from dhr.data.uss import feature_grid  # noqa: E402
-from dhr.utils.io import atomic_write_bytes, read_label_png, read_rgb  # noqa: E402
+from dhr.utils.io import atomic_write_bytes, atomic_write_json, read_label_png, read_rgb  # noqa: E402
 
 
 def colour_map(split_dir: Path, stem: str, path: Path, patch: int) -> torch.Tensor:
@@ -41,7 +41,7 @@ def colour_map(split_dir: Path, stem: str, path: Path, patch: int) -> torch.Tens
     return F.adaptive_avg_pool2d(x, feature_grid(x.shape[2], x.shape[3], patch))[0]
 
 
-def oracle_map(split_dir: Path, stem: str, path: Path, patch: int, num_classes: int = 9) -> torch.Tensor:
+def oracle_map(split_dir: Path, stem: str, path: Path, patch: int, num_classes: int = len(SYNTH_CLASSES)) -> torch.Tensor:
     gt = torch.from_numpy(read_label_png(split_dir / "mask" / f"{stem}.png").astype(np.int64)).clamp(max=num_classes)
     onehot = F.one_hot(gt, num_classes + 1)[..., :num_classes].permute(2, 0, 1).float()[None]
     feat = F.adaptive_avg_pool2d(onehot, feature_grid(gt.shape[0], gt.shape[1], patch))[0]
@@ -66,7 +66,7 @@ def main() -> None:
         torch.save(feat.contiguous(), buffer)
         atomic_write_bytes(out / f"{path.stem}.pt", buffer.getvalue())
         count += 1
-    (out / "manifest.json").write_text(json.dumps({"source": args.kind, "patch": args.patch}) + "\n")
+    atomic_write_json(out / "manifest.json", {"source": args.kind, "patch": args.patch})
     print(f"wrote {count} {args.kind} feature maps to {out}")
 
 

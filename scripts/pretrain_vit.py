@@ -68,7 +68,11 @@ def correspondence(theta_a: torch.Tensor, theta_b: torch.Tensor, g: int) -> tupl
 
 @torch.no_grad()
 def balanced_assignment(scores: torch.Tensor, eps: float = 0.05, iters: int = 3) -> torch.Tensor:
-    """SwAV's Sinkhorn-Knopp: soft codes (N, K) whose prototypes share the batch equally."""
+    """SwAV's Sinkhorn-Knopp: soft codes (N, K) whose prototypes share the batch equally.
+
+    Not ``dhr.ops.sinkhorn``: that is DHR's transport (cost 1 - S, unit marginals, stopping
+    test, min-max of the plan); SwAV runs a fixed 3 iterations towards equal prototype mass.
+    """
     q = torch.exp((scores - scores.max()) / eps).t()
     q /= q.sum()
     k, n = q.shape

@@ -37,8 +37,11 @@ from dhr.ops.kmeans import spherical_kmeans  # noqa: E402
 ARGS = ("ckpt", "over")
 
 
-def cluster_histogram(maps: list[torch.Tensor], labels: list[torch.Tensor], centroids: torch.Tensor, n: int) -> np.ndarray:
-    """(n classes, k clusters) pixel counts of cosine assignments upsampled to the label size."""
+def class_cluster_counts(maps: list[torch.Tensor], labels: list[torch.Tensor], centroids: torch.Tensor, n: int) -> np.ndarray:
+    """(n classes, k clusters) pixel counts of cosine assignments upsampled to the label size.
+
+    Rectangular (k may exceed n), unlike ``dhr.ops.hungarian.cluster_histogram``.
+    """
     k = len(centroids)
     hist = torch.zeros(n, k, dtype=torch.long)
     c = F.normalize(centroids.float(), dim=1)
@@ -76,7 +79,7 @@ def main() -> None:
         cfg = compose("train", overrides=["experiment=synthetic_cause", *overrides])
     module = instantiate(cfg.model)
     state = torch.load(args["ckpt"], map_location="cpu", weights_only=True)
-    module.load_state_dict(state["state_dict"], strict=False)
+    module.load_state_dict(state["state_dict"])  # strict: a checkpoint of another config fails here
     module.eval()
     over = int(args.get("over", 64))
     datamodule = instantiate(cfg.data)
@@ -91,15 +94,15 @@ def main() -> None:
             labels.append(batch["label"])
     k = module.hparams.num_concepts
     print(f"purity (majority-mapped mIoU) on {datamodule.info.name} validation:")
-    print(f"  stage-1 concepts ({k}):            {purity_miou(cluster_histogram(tokens, labels, module.codebook.detach(), n)):5.1f}")
-    print(f"  k-means {k} on tokens:              {purity_miou(cluster_histogram(tokens, labels, kmeans_on(tokens, k), n)):5.1f}")
-    print(f"  k-means {over} on tokens:               {purity_miou(cluster_histogram(tokens, labels, kmeans_on(tokens, over), n)):5.1f}")
-    print(f"  k-means {over} on teacher features:     {purity_miou(cluster_histogram(feats, labels, kmeans_on(feats, over), n)):5.1f}")
+    print(f"  stage-1 concepts ({k}):            {purity_miou(class_cluster_counts(tokens, labels, module.codebook.detach(), n)):5.1f}")
+    print(f"  k-means {k} on tokens:              {purity_miou(class_cluster_counts(tokens, labels, kmeans_on(tokens, k), n)):5.1f}")
+    print(f"  k-means {over} on tokens:               {purity_miou(class_cluster_counts(tokens, labels, kmeans_on(tokens, over), n)):5.1f}")
+    print(f"  k-means {over} on teacher features:     {purity_miou(class_cluster_counts(feats, labels, kmeans_on(feats, over), n)):5.1f}")
     print(f"Hungarian-matched mIoU / pAcc, {n} clusters:")
     for name, maps, centroids in (("k-means on tokens", tokens, kmeans_on(tokens, n)),
                                   ("k-means on teacher features", feats, kmeans_on(feats, n)),
                                   ("cluster probe (CAUSE)", feats, module.cluster_probe.detach())):
-        s = hungarian_scores(cluster_histogram(maps, labels, centroids, n).T)
+        s = hungarian_scores(class_cluster_counts(maps, labels, centroids, n).T)
         print(f"  {name:30s} {s.miou:5.1f} / {s.pixel_accuracy:5.1f}")
 
 
