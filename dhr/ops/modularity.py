@@ -72,7 +72,7 @@ def modularity_loss_reference(x: torch.Tensor, codebook: torch.Tensor, tau: floa
     x = F.normalize(x.float(), dim=-1)
     m = F.normalize(codebook.float(), dim=-1)
     p = x.shape[1]
-    a = (x @ x.transpose(1, 2)).clamp_min(0) * (1 - torch.eye(p))
+    a = (x @ x.transpose(1, 2)).clamp_min(0) * (1 - torch.eye(p, device=x.device))
     d = a.sum(-1)
     e = d.sum(-1)
     w = a - d.unsqueeze(-1) * d.unsqueeze(-2) / e.view(-1, 1, 1)
