@@ -46,6 +46,10 @@ def compose_cfg(config_name: str, overrides: list[str], output_dir: Path) -> Dic
     return cfg
 
 
+# The end-to-end tests run on the CPU; DHR_TEST_ACCELERATOR=gpu runs them on a GPU (device check).
+TEST_ACCELERATOR = os.environ.get("DHR_TEST_ACCELERATOR", "cpu")
+
+
 def tiny_train_overrides(data_root: Path) -> list[str]:
     """Overrides that make dhr.train run in seconds on the tiny synthetic set."""
     gen = ",".join(f"{k}:{v}" for k, v in TINY_SYNTH.items())
@@ -62,7 +66,7 @@ def tiny_train_overrides(data_root: Path) -> list[str]:
         "model.low_level_channels=8",
         "trainer.limit_train_batches=3",
         "trainer.limit_val_batches=2",
-        "trainer.accelerator=cpu",
+        f"trainer.accelerator={TEST_ACCELERATOR}",
         "trainer.enable_model_summary=false",
         "infer.scales=[1.0,0.5]",
         "~callbacks.progress_bar",

@@ -78,7 +78,7 @@ def test_tiny_three_stage_fit_logs_uss_metrics_and_compares_with_kmeans(tmp_path
     overrides = [o for o in tiny_train_overrides(synth_root) if not o.startswith(("model.", "infer."))]
     overrides += ["model=cause", "backbone.embed_dim=16", "backbone.depth=1", "model.num_concepts=16",
                   "model.reduced_dim=8", "model.projection_dim=16", "model.ffn_dim=16", "model.resolution=64",
-                  "model.bank_length=4", "data.batch_size=4", "data.num_workers=0",
+                  "model.bank_length=4", "data.batch_size=4", "data.num_workers=0", "model.report_kmeans_seeds=3",
                   "stage_epochs={clusterbook:1,head:1,probe:1}"]
     cfg = compose_cfg("train", overrides, tmp_path / "run")
     metrics = run(cfg)
@@ -89,7 +89,7 @@ def test_tiny_three_stage_fit_logs_uss_metrics_and_compares_with_kmeans(tmp_path
     assert 0 <= metrics["uss/cause_crf_mIoU"] <= 100  # flip + dense CRF variant reported too
     # k-means is a mean over several seeds, with its spread and best draw
     assert metrics["uss/kmeans_mIoU_std"] >= 0 and metrics["uss/kmeans_mIoU_best"] >= metrics["uss/kmeans_mIoU"]
-    assert "k-means on frozen backbone tokens" in capsys.readouterr().out
+    assert "k-means on frozen backbone tokens over 3 seeds" in capsys.readouterr().out
     state = torch.load(tmp_path / "run" / "checkpoints" / "probe" / "last.ckpt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("backbone") for k in state["state_dict"])  # the frozen ViT is not saved
     # resuming skips finished stages: nothing is refitted or rewritten
@@ -176,3 +176,12 @@ def test_ddp_on_cpu_keeps_replicas_identical(tmp_path, synth_root):
         assert changed, f"{stage}: nothing trained"
         for key in r0:
             assert torch.equal(r0[key], r1[key]), f"{stage}: replicas differ at {key}"
+
+
+def test_bad_stage_or_kmeans_seed_count_is_refused_with_the_key_to_fix():
+    from dhr.errors import DHRError
+
+    with pytest.raises(DHRError, match="model.report_kmeans_seeds=0"):
+        tiny_module(report_kmeans_seeds=0)
+    with pytest.raises(DHRError, match="model.stage='mediator'"):
+        tiny_module(stage="mediator")

@@ -13,7 +13,7 @@ from dhr.data.synthetic import MINOR_IDS, write_erased_seeds
 from dhr.data.uss import feature_grid
 from dhr.errors import DHRError
 from dhr.utils.io import read_label_png, read_rgb
-from tests.conftest import compose_cfg, tiny_train_overrides
+from tests.conftest import TEST_ACCELERATOR, compose_cfg, tiny_train_overrides
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_dhr_trains_with_relabelling_and_writes_dhr_masks(tmp_path, synth_root, 
         assert name in metrics
     wss = seeds.parents[2]
     overrides = [f"paths.data_root={synth_root}", f"paths.wss_root={wss}", f"ckpt={ckpt}", "model=dhr", "split=train",
-                 "infer.scales=[1.0]", "trainer.accelerator=cpu", "num_workers=0", "dataset.generate=null"]
+                 "infer.scales=[1.0]", f"trainer.accelerator={TEST_ACCELERATOR}", "num_workers=0", "dataset.generate=null"]
     result = predict(compose_cfg("predict", overrides, tmp_path / "p"))
     masks = wss / "SYNTH" / "DHR" / "train"
     assert result["out_dir"] == str(masks) and len(list(masks.glob("*.png"))) == 24

@@ -64,11 +64,14 @@ class CauseModule(pl.LightningModule):
         modularity_chunk: int = 256,
         ignore_index: int = 255,
         eval_crf: bool = True,
+        report_kmeans_seeds: int = 5,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         if stage not in STAGES:
             raise DHRError(f"model.stage={stage!r}: use one of {STAGES}")
+        if report_kmeans_seeds < 1:
+            raise DHRError(f"model.report_kmeans_seeds={report_kmeans_seeds}: the k-means baseline needs at least 1 seed")
         vit_cfg = dict(backbone)
         object.__setattr__(self, "backbone", FrozenViT(vit_cfg.pop("name"), **vit_cfg))  # not a registered child
         dim, patch = self.backbone.embed_dim, self.backbone.patch_size
@@ -276,15 +279,17 @@ class CauseModule(pl.LightningModule):
 
     # -- comparison with k-means on the frozen backbone ------------------------------------------
     @torch.no_grad()
-    def report(self, datamodule: Any, max_tokens: int = 200_000, kmeans_seeds: int = 5) -> dict[str, float]:
+    def report(self, datamodule: Any, max_tokens: int = 200_000, kmeans_seeds: int | None = None) -> dict[str, float]:
         """Hungarian-matched mIoU / pAcc of CAUSE and of spherical k-means on the same frozen tokens.
 
         k-means depends on its token sample and k-means++ draw by several points of mIoU, so it
-        runs ``kmeans_seeds`` times (seed s draws its own sample and initialisation) and the
-        report gives the mean, the standard deviation and the best seed: one draw is no baseline.
+        runs ``kmeans_seeds`` times (default ``model.report_kmeans_seeds``; seed s draws its own
+        sample and initialisation) and the report gives the mean, the standard deviation and the
+        best seed: one draw is no baseline.
         """
         from dhr.ops.kmeans import spherical_kmeans
 
+        kmeans_seeds = int(kmeans_seeds or self.hparams.get("report_kmeans_seeds", 5))
         loader = datamodule.val_dataloader()
         if not loader:
             return {}
