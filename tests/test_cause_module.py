@@ -181,7 +181,8 @@ def test_ddp_on_cpu_keeps_replicas_identical(tmp_path, synth_root):
 def test_bad_stage_or_kmeans_seed_count_is_refused_with_the_key_to_fix():
     from dhr.errors import DHRError
 
-    with pytest.raises(DHRError, match="model.report_kmeans_seeds=0"):
-        tiny_module(report_kmeans_seeds=0)
+    for bad in (0, None, 2.5):
+        with pytest.raises(DHRError, match=f"model.report_kmeans_seeds={bad!r}"):
+            tiny_module(report_kmeans_seeds=bad)
     with pytest.raises(DHRError, match="model.stage='mediator'"):
         tiny_module(stage="mediator")

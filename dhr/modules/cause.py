@@ -70,8 +70,9 @@ class CauseModule(pl.LightningModule):
         self.save_hyperparameters()
         if stage not in STAGES:
             raise DHRError(f"model.stage={stage!r}: use one of {STAGES}")
-        if report_kmeans_seeds < 1:
-            raise DHRError(f"model.report_kmeans_seeds={report_kmeans_seeds}: the k-means baseline needs at least 1 seed")
+        if not isinstance(report_kmeans_seeds, int) or isinstance(report_kmeans_seeds, bool) or report_kmeans_seeds < 1:
+            raise DHRError(f"model.report_kmeans_seeds={report_kmeans_seeds!r}: set a whole number of at least 1 "
+                           "(the k-means baseline's seed count)")
         vit_cfg = dict(backbone)
         object.__setattr__(self, "backbone", FrozenViT(vit_cfg.pop("name"), **vit_cfg))  # not a registered child
         dim, patch = self.backbone.embed_dim, self.backbone.patch_size
@@ -289,7 +290,10 @@ class CauseModule(pl.LightningModule):
         """
         from dhr.ops.kmeans import spherical_kmeans
 
-        kmeans_seeds = int(kmeans_seeds or self.hparams.get("report_kmeans_seeds", 5))
+        if kmeans_seeds is None:
+            kmeans_seeds = int(self.hparams.get("report_kmeans_seeds", 5))
+        if kmeans_seeds < 1:
+            raise DHRError(f"report(kmeans_seeds={kmeans_seeds}): the k-means baseline needs at least 1 seed")
         loader = datamodule.val_dataloader()
         if not loader:
             return {}
