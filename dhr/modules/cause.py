@@ -70,7 +70,7 @@ class CauseModule(pl.LightningModule):
         self.save_hyperparameters()
         if stage not in STAGES:
             raise DHRError(f"model.stage={stage!r}: use one of {STAGES}")
-        if not isinstance(report_kmeans_seeds, int) or isinstance(report_kmeans_seeds, bool) or report_kmeans_seeds < 1:
+        if not isinstance(report_kmeans_seeds, int) or report_kmeans_seeds < 1:
             raise DHRError(f"model.report_kmeans_seeds={report_kmeans_seeds!r}: set a whole number of at least 1 "
                            "(the k-means baseline's seed count)")
         vit_cfg = dict(backbone)
@@ -280,20 +280,17 @@ class CauseModule(pl.LightningModule):
 
     # -- comparison with k-means on the frozen backbone ------------------------------------------
     @torch.no_grad()
-    def report(self, datamodule: Any, max_tokens: int = 200_000, kmeans_seeds: int | None = None) -> dict[str, float]:
+    def report(self, datamodule: Any, max_tokens: int = 200_000) -> dict[str, float]:
         """Hungarian-matched mIoU / pAcc of CAUSE and of spherical k-means on the same frozen tokens.
 
         k-means depends on its token sample and k-means++ draw by several points of mIoU, so it
-        runs ``kmeans_seeds`` times (default ``model.report_kmeans_seeds``; seed s draws its own
-        sample and initialisation) and the report gives the mean, the standard deviation and the
-        best seed: one draw is no baseline.
+        runs ``model.report_kmeans_seeds`` times (seed s draws its own sample and initialisation)
+        and the report gives the mean, the standard deviation and the best seed: one draw is no
+        baseline.
         """
         from dhr.ops.kmeans import spherical_kmeans
 
-        if kmeans_seeds is None:
-            kmeans_seeds = int(self.hparams.get("report_kmeans_seeds", 5))
-        if kmeans_seeds < 1:
-            raise DHRError(f"report(kmeans_seeds={kmeans_seeds}): the k-means baseline needs at least 1 seed")
+        kmeans_seeds = self.hparams.report_kmeans_seeds
         loader = datamodule.val_dataloader()
         if not loader:
             return {}
