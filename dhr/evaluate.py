@@ -47,8 +47,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate and report; returns the JSON-able result (exit status is the caller's job)."""
     from dhr.data.layout import DatasetInfo
     from dhr.ops.evaluation import evaluate_folder
+    from dhr.ops.report import report_result
     from dhr.utils.io import atomic_write_json
-    from dhr.utils.report import report_result
 
     info = DatasetInfo.from_cfg(cfg.dataset)
     pred_dir, gt_dir = resolve_folders(cfg, info, Path(cfg.paths.data_root))

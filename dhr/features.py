@@ -23,7 +23,6 @@ from omegaconf import DictConfig, OmegaConf
 from dhr.utils.cli import hydra_entry
 
 log = logging.getLogger(__name__)
-MANIFEST = "manifest.json"
 
 
 def export_for_dhr(module: Any, path: str | Path) -> None:
@@ -40,19 +39,13 @@ def export_for_dhr(module: Any, path: str | Path) -> None:
 
 def load_teacher(ckpt: str | Path, backbone_cfg: dict[str, Any], num_queries: int | None = None) -> tuple[Any, Any]:
     """(frozen ViT, teacher head) from a dhr CAUSE checkpoint or an official ``CAUSE_{DATA}.pt``."""
-    import torch
-
     from dhr.errors import DHRError
     from dhr.models.cause_heads import SegmentTR
-    from dhr.models.vit import FrozenViT
+    from dhr.models.vit import vit_from_cfg
+    from dhr.utils.checkpoint import read_checkpoint
 
     path = Path(ckpt)
-    if not path.is_file():
-        raise DHRError(f"uss.ckpt={ckpt}: CAUSE checkpoint not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
-        raise DHRError(f"{path}: not a readable checkpoint ({str(err).splitlines()[0]})") from None
+    state = read_checkpoint(path, "ckpt")
     if "decoder" in state:  # official DHR format
         head_state = {k.removeprefix("head_ema."): v for k, v in state["decoder"].items()}
         codebook = state["codebook"]
@@ -61,8 +54,7 @@ def load_teacher(ckpt: str | Path, backbone_cfg: dict[str, Any], num_queries: in
         codebook = state["state_dict"]["codebook"]
     else:
         raise DHRError(f"{path}: neither a dhr CAUSE checkpoint nor the official {{decoder, codebook}} format")
-    cfg = dict(backbone_cfg)
-    vit = FrozenViT(cfg.pop("name"), **cfg)
+    vit = vit_from_cfg(backbone_cfg)
     if codebook.shape[1] != vit.embed_dim:
         raise DHRError(f"{path}: codebook is {codebook.shape[1]}-d but backbone {backbone_cfg['name']} gives "
                        f"{vit.embed_dim}-d tokens; pick the backbone the head was trained on")
@@ -80,29 +72,22 @@ def load_teacher(ckpt: str | Path, backbone_cfg: dict[str, Any], num_queries: in
 
 
 def extract(vit: Any, head: Any, image: Any, scales: Sequence[float] = (2.0, 1.0, 1.5, 0.5), flip: bool = True) -> Any:
-    """(reduced_dim, h_f, w_f) features of one normalised image (1, 3, H, W), fp32."""
-    import torch
-    import torch.nn.functional as F
+    """(reduced_dim, h_f, w_f) features of one normalised image (1, 3, H, W), fp32.
 
-    from dhr.data.uss import ceil_to
+    Each scale's sides are rounded up to the patch size; outputs are resized (bilinear,
+    align_corners=False) to the first scale's token grid, then averaged over scales and flips.
+    """
+    from dhr.ops.inference import multiscale_flip
+    from dhr.utils.grid import ceil_to
 
-    _, _, h, w = image.shape
     p = vit.patch_size
-    total, grid = None, None
-    with torch.no_grad():
-        for s in scales:
-            size = (ceil_to(int(h * s), p), ceil_to(int(w * s), p))
-            x = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
-            if flip:
-                x = torch.cat([x, x.flip(-1)])
-            feats = head(vit(x)).float()
-            feats = (feats[:1] + feats[1:].flip(-1)) / 2 if flip else feats
-            if grid is None:
-                grid = tuple(feats.shape[-2:])
-            else:
-                feats = F.interpolate(feats, size=grid, mode="bilinear", align_corners=False)
-            total = feats if total is None else total + feats
-    return (total / len(scales))[0]
+
+    def patch_multiple(h: int, w: int, s: float) -> tuple[int, int]:
+        return ceil_to(int(h * s), p), ceil_to(int(w * s), p)
+
+    total, count = multiscale_flip(lambda x: head(vit(x)), image, scales, flip=flip, align_corners=False,
+                                   input_size=patch_multiple)
+    return (total / count)[0]
 
 
 def _sha256(path: Path) -> str:
@@ -120,9 +105,9 @@ def run(cfg: DictConfig) -> dict[str, int]:
 
     from dhr.data.layout import DatasetInfo, DatasetLayout
     from dhr.data.synthetic import generate_from_cfg
-    from dhr.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-    from dhr.data.uss import feature_grid
+    from dhr.data.uss import MANIFEST, feature_grid
     from dhr.errors import DHRError
+    from dhr.utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
     from dhr.utils.io import atomic_write_bytes, atomic_write_json, read_rgb
 
     dataset = OmegaConf.to_container(cfg.dataset, resolve=True)

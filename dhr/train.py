@@ -58,10 +58,10 @@ def fit_stages(cfg: DictConfig, model: Any, datamodule: Any, loggers: list[Any],
     A multi-stage run keeps one checkpoint folder per stage and a ``done`` marker; with
     ``ckpt_path=last`` finished stages are reloaded and skipped, an unfinished one resumes.
     """
-    import torch
     from hydra.utils import instantiate
     from pytorch_lightning.callbacks import ModelCheckpoint
 
+    from dhr.utils.checkpoint import model_weights, read_checkpoint
     from dhr.utils.instantiate import instantiate_group
 
     stages = list(cfg.get("stages") or [None])
@@ -79,8 +79,8 @@ def fit_stages(cfg: DictConfig, model: Any, datamodule: Any, loggers: list[Any],
             overrides["max_epochs"] = int(cfg.stage_epochs[stage])
             resume = cfg.get("ckpt_path") == "last"
             if resume and (stage_dir / "done").is_file():
-                state = torch.load(stage_dir / "last.ckpt", map_location="cpu", weights_only=True)
-                model.load_state_dict(state["state_dict"])
+                state = read_checkpoint(stage_dir / "last.ckpt", "ckpt_path")
+                model.load_state_dict(model_weights(state, stage_dir / "last.ckpt", prefer_ema=False))
                 log.info("stage %s already finished: loaded %s", stage, stage_dir / "last.ckpt")
                 continue
             ckpt = str(stage_dir / "last.ckpt") if resume and (stage_dir / "last.ckpt").is_file() else None
@@ -116,7 +116,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if hasattr(model, "report") and trainer.is_global_zero and not trainer.fast_dev_run:
             metrics.update(model.report(datamodule))
         if cfg.evaluate_after_fit and not trainer.fast_dev_run and trainer.is_global_zero and datamodule.val_split:
-            from dhr.predict import evaluate_split, predict_to_folder
+            from dhr.engine import configure_inference, evaluate_split, predict_to_folder
 
             ema = next((c for c in trainer.callbacks if isinstance(c, EMA)), None)
             if ema is not None:
@@ -124,7 +124,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             split = datamodule.val_split
             datamodule.predict_split = split
             pred_dir = output_dir / "predictions" / datamodule.info.split_dir_name(split)
-            predict_to_folder(model, datamodule, cfg.trainer, pred_dir, cfg.infer)
+            configure_inference(model, cfg.infer, cfg.get("crf"))
+            predict_to_folder(model, datamodule, cfg.trainer, pred_dir)
             scores = evaluate_split(datamodule, pred_dir, split, tag=cfg.tag)
             metrics.update({f"eval/{k}": v for k, v in scores.items() if isinstance(v, float)})
     finally:

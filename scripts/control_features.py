@@ -29,8 +29,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dhr.data.synthetic import SYNTH_CLASSES  # noqa: E402
-from dhr.data.transforms import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from dhr.data.uss import feature_grid  # noqa: E402
+from dhr.utils.imagenet import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from dhr.utils.io import atomic_write_bytes, atomic_write_json, read_label_png, read_rgb  # noqa: E402
 
 

@@ -13,6 +13,7 @@ diagnostic only: GT is never used for training.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -26,15 +27,12 @@ from hydra.utils import instantiate  # noqa: E402
 from omegaconf import OmegaConf, open_dict  # noqa: E402
 
 from dhr.conf_path import CONFIG_DIR  # noqa: E402
+from dhr.ops.crf import PassThroughCRF  # noqa: E402
 from dhr.ops.metrics import scores_from_confusion  # noqa: E402
-from dhr.ops.relabel import RelabelConfig, relabel  # noqa: E402
+from dhr.ops.relabel import relabel  # noqa: E402
+from dhr.utils.checkpoint import MODULE_KEY, model_weights, module_class, read_checkpoint  # noqa: E402
 
 SETTINGS = {"seeds": None, "1": [1], "1,2": [1, 2], "1,2,3": [1, 2, 3], "2,3": [2, 3]}
-
-
-def no_crf(images: list[np.ndarray], probs: list[np.ndarray]) -> list[np.ndarray]:
-    """``crf=off``: the winner is the argmax of the maps the CRF would have refined."""
-    return [np.asarray(p, dtype=np.float32) for p in probs]
 
 
 def confusion(pred: torch.Tensor, gt: torch.Tensor, n: int) -> np.ndarray:
@@ -47,27 +45,26 @@ def main() -> None:
     overrides = [a for a in sys.argv[1:] if a.split("=", 1)[0] not in ("ckpt", "batches", "uss", "crf")]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["experiment=synthetic_dhr", *overrides])
-    from dhr.predict import module_class
-
-    state = torch.load(args["ckpt"], map_location="cpu", weights_only=True)
-    if state.get("dhr_module") == "dhr.modules.cam.CAMModule":  # the DHR model at step 0 when started from it
+    state = read_checkpoint(args["ckpt"])
+    if state.get(MODULE_KEY) == "dhr.modules.cam.CAMModule":  # the DHR model at step 0 when started from it
         module = instantiate(OmegaConf.to_container(cfg.model, resolve=True), init_from=args["ckpt"])
     else:
-        module = module_class(state["dhr_module"])(**state["hyper_parameters"])
-        module.load_state_dict(state["state_dict"])
+        module = module_class(state[MODULE_KEY], args["ckpt"])(**state["hyper_parameters"])
+        module.load_state_dict(model_weights(state, args["ckpt"], prefer_ema=False))
     module.eval()
     n = module.hparams.num_classes
-    uss_names = args.get("uss", cfg.dhr.uss_name).split(",")
+    uss_names = args.get("uss", cfg.model.dhr.uss_name).split(",")
     loaders = {}
     for name in uss_names:
         with open_dict(cfg):
-            cfg.dhr.uss_name = name
+            cfg.model.dhr.uss_name = name
             cfg.data.num_workers = 0
         dm = instantiate(OmegaConf.to_container(cfg.data, resolve=True))
         dm.prepare_data()
         dm.setup("fit")
         loaders[name] = dm
     base = module.relabel_cfg
+    crf = module.crf_pool if args.get("crf", "on") == "on" else PassThroughCRF(module.crf_pool.params)
     totals: dict[str, np.ndarray] = {}
     for name, dm in loaders.items():
         torch.manual_seed(0)
@@ -84,11 +81,11 @@ def main() -> None:
                 if steps is None:
                     masks = batch["mask"]
                 else:
-                    cfg_r = RelabelConfig(**{**base.__dict__, "steps": steps})
+                    cfg_r = dataclasses.replace(base, steps=tuple(steps))
                     masks = relabel(batch["mask"], cams=out["cams"], tags=batch["tags"], images=batch["image"],
                                     boxes=batch["crop_box"], uss=batch["uss"], wss_feats=[out["c4"], out["c5"]],
                                     num_classes=n, background_id=module.background_id, cfg=cfg_r,
-                                    crf_map=module.crf_map if args.get("crf", "on") == "on" else no_crf).masks
+                                    crf=crf).masks
                 totals[key] = totals.get(key, 0) + confusion(masks, batch["gt"], n)
     module.teardown("fit")
     classes = list(cfg.dataset.classes)

@@ -56,12 +56,12 @@ def tiny_train_overrides(data_root: Path) -> list[str]:
     return [
         f"paths.data_root={data_root}",
         f"dataset.generate={{{gen}}}",
-        "dataset.recipe.crop_size=48",
-        "dataset.recipe.resize_long=[40,64]",
-        "dataset.recipe.batch_size=4",
-        "dataset.recipe.num_workers=0",
-        "dataset.recipe.max_epochs=1",
-        "dataset.recipe.val_every=1",
+        "recipe.crop_size=48",
+        "recipe.resize_long=[40,64]",
+        "recipe.batch_size=4",
+        "recipe.num_workers=0",
+        "recipe.max_epochs=1",
+        "recipe.val_every=1",
         "model.aspp_channels=16",
         "model.low_level_channels=8",
         "trainer.limit_train_batches=3",
@@ -77,3 +77,18 @@ def tiny_train_overrides(data_root: Path) -> list[str]:
 def _clear_hydra():
     yield
     GlobalHydra.instance().clear()
+
+
+def model_hparams(option: str, overrides: list[str] | None = None, **replace) -> dict:
+    """The resolved ``model`` node of ``dhr.train model=<option>`` (what the module is built from), minus
+    ``_target_``/``_convert_``, with ``replace`` applied on top: tests build modules from conf/, never from
+    defaults of their own."""
+    from omegaconf import OmegaConf
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"model={option}", *(overrides or [])])
+    node = OmegaConf.to_container(cfg.model, resolve=True)
+    for key in ("_target_", "_convert_"):
+        node.pop(key, None)
+    return {**node, **replace}

@@ -7,7 +7,7 @@ import warnings
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import compose_cfg, tiny_train_overrides
+from conftest import compose_cfg, model_hparams, tiny_train_overrides
 
 from dhr.modules.cause import CauseModule
 
@@ -17,7 +17,7 @@ TINY_VIT = {"name": "vit_small_patch8_224", "embed_dim": 16, "depth": 1, "num_he
 def tiny_module(**kw) -> CauseModule:
     args = dict(backbone=TINY_VIT, num_classes=5, num_concepts=12, reduced_dim=6, projection_dim=10, ffn_dim=16,
                 resolution=32, grid_k=2, bank_length=4)
-    return CauseModule(**{**args, **kw})
+    return CauseModule(**model_hparams("cause", **{**args, **kw}))
 
 
 def batch(b: int = 2) -> dict:

@@ -21,7 +21,7 @@ def test_train_config_composes_and_resolves(tmp_path, group, option):
     OmegaConf.resolve(cfg)
     assert cfg.model.num_classes == len(cfg.dataset.classes)
     if cfg.data._target_.endswith("SegmentationDataModule"):  # CAUSE keeps its own batch of 16
-        assert cfg.data.batch_size == cfg.dataset.recipe.batch_size
+        assert cfg.data.batch_size == cfg.recipe.batch_size
 
 
 @pytest.mark.parametrize("name", ["predict", "evaluate"])
@@ -54,5 +54,5 @@ def test_class_lists_match_the_shipped_samples():
 def test_experiment_sets_the_published_recipe(tmp_path):
     cfg = compose_cfg("train", ["experiment=voc_deeplabv3plus_r101"], tmp_path)
     assert cfg.dataset.name == "VOC2012" and cfg.backbone.name == "resnet101" and cfg.backbone.output_stride == 8
-    assert cfg.dataset.recipe.crop_size == 512 and cfg.dataset.recipe.batch_size == 16
+    assert cfg.recipe.crop_size == 512 and cfg.recipe.batch_size == 16
     assert list(cfg.infer.scales) == [1.0, 0.5, 1.5, 2.0]

@@ -23,7 +23,7 @@ VOC_CLASSES = (SHARED_DATA / "voc2012_sample" / "classes.txt").read_text().split
 def voc_info(name: str = "VOC2012") -> DatasetInfo:
     classes = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"]
-    return DatasetInfo(name=name, classes=tuple(classes), splits={"train": "train_aug", "val": "validation"})
+    return DatasetInfo(name=name, classes=tuple(classes), splits={"train": "train_aug", "val": "validation"}, background_id=0)
 
 
 def make_tree(root: Path, n: int = 3, size: tuple[int, int] = (20, 30)) -> DatasetLayout:
@@ -107,7 +107,7 @@ def test_num_classes_must_match_class_list():
 
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="shared data not present")
 def test_shared_voc_sample_validates_with_cls_labels_json():
-    info = DatasetInfo(name="voc2012_sample", classes=tuple(VOC_CLASSES))
+    info = DatasetInfo(name="voc2012_sample", classes=tuple(VOC_CLASSES), background_id=0)
     layout = DatasetLayout(SHARED_DATA, info)
     ids = layout.validate("val", tags=True)
     assert len(ids) == 23

@@ -35,7 +35,8 @@ def test_output_stride_16_dilates_layer4_only():
 
 
 def test_deeplabv3plus_structure_and_shapes():
-    net = build_deeplabv3plus(num_classes=5, backbone={"name": "resnet18", "output_stride": 8})
+    net = build_deeplabv3plus(num_classes=5, backbone={"name": "resnet18", "output_stride": 8}, aspp_channels=256,
+                              low_level_channels=48, dropout=(0.5, 0.5, 0.1))
     aspp = net.head.aspp
     assert [br[0].dilation[0] for br in aspp.branches[1:]] == [12, 24, 36] and aspp_rates(16) == (6, 12, 18)
     assert net.head.low_level[0].out_channels == 48 and net.head.classifier.bias is None

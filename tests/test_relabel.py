@@ -1,5 +1,6 @@
 """DHR relabelling (dhr-method.md §5): each convention against its reference, the whole batch
-against the literal per-cell reference in ``reference_relabel.py``."""
+against the literal per-cell reference in ``dhr/reference/relabel.py`` (its own de-normalisation
+and pydensecrf call), with the CRF on, under bf16 autocast, and with the release-parity switches."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ import torch
 import torch.nn.functional as F
 
 from dhr.ops import relabel as R
-from tests.reference_relabel import blank_outside_boxes, cell_is_valid, reference_relabel, vote
+from dhr.ops.crf import CRFParams, CRFPool
+from dhr.reference.batches import random_relabel_batch
+from dhr.reference.relabel import cell_is_valid, reference_relabel, vote
+
+CRF = CRFParams.defaults(processes=1)
 
 
 def test_opencv_and_legacy_nearest_indices_match_the_libraries():
@@ -71,61 +76,74 @@ def test_step1_power_mode_keeps_background_on_a_one_class_image():
     cams = torch.zeros(1, 2, 2, 2)
     cams[0, 0, 0, 0] = 5.0  # one strong cell of the only tagged class
     image = torch.zeros(1, 3, s, s)
-    cfg = R.RelabelConfig(steps=[1])
+    cfg = R.RelabelConfig.defaults(steps=[1])
     out = R.relabel(masks, cams=cams, tags=torch.tensor([[1.0, 0.0]]), images=image, boxes=torch.tensor([[0, 0, s, s]]),
-                    uss=None, wss_feats=[], num_classes=3, background_id=0, cfg=cfg).masks
+                    uss=None, wss_feats=[], num_classes=3, background_id=0, cfg=cfg, crf=CRFPool(CRF)).masks
     assert (out[0, :16, :16] == 1).all()  # the seed is pasted
     assert (out[0, 16:, :] == 0).all() and (out[0, :, 16:] == 0).all()  # background stays
     official = R.relabel(masks, cams=cams, tags=torch.tensor([[1.0, 0.0]]), images=image, boxes=torch.tensor([[0, 0, s, s]]),
                          uss=None, wss_feats=[], num_classes=3, background_id=0,
-                         cfg=R.RelabelConfig(steps=[1], bg_mode="official")).masks
+                         cfg=R.RelabelConfig.defaults(steps=[1], step1={"bg_mode": "official"}), crf=CRFPool(CRF)).masks
     assert (official == 1).all()  # the release's defect 7: the whole crop becomes foreground
 
 
-def random_batch(seed: int, s: int = 64, b: int = 3):
-    """Masks from a noisy block layout, USS features where classes 1 and 2 are near-identical."""
-    g = torch.Generator().manual_seed(seed)
-    num_classes = 5
-    truth = torch.zeros(b, s, s, dtype=torch.long)
-    for i in range(b):
-        for cls in range(1, num_classes):
-            y, x = torch.randint(0, s - 16, (2,), generator=g).tolist()
-            hh, ww = torch.randint(6, 24, (2,), generator=g).tolist()
-            truth[i, y : y + hh, x : x + ww] = cls
-    masks = truth.clone()
-    noise = torch.rand(b, s, s, generator=g)
-    masks[noise < 0.1] = 255
-    masks[(noise > 0.1) & (noise < 0.15)] = 0
-    boxes = torch.tensor([[0, 0, s, s], [8, 0, s - 8, s], [0, 10, s, s - 6]])[:b]
-    images = torch.randn(b, 3, s, s, generator=g) * 0.5
-    images += truth[:, None].float() * 0.3
-    blank_outside_boxes(masks, images, boxes)
-    grid = R.working_grid(s, 8)
-    base = torch.randn(num_classes, 6, generator=g)
-    base[2] = base[1] + 0.05 * torch.randn(6, generator=g)
-    small = F.interpolate(truth[:, None].float(), size=(grid, grid), mode="nearest")[:, 0].long()
-    uss = base[small].permute(0, 3, 1, 2) + 0.3 * torch.randn(b, 6, grid, grid, generator=g)
-    c4 = torch.randn(b, 7, s // 8, s // 8, generator=g)
-    c5 = torch.randn(b, 9, s // 8, s // 8, generator=g)
-    cams = torch.randn(b, num_classes - 1, s // 16, s // 16, generator=g) * 2
-    tags = torch.zeros(b, num_classes - 1)
-    for i in range(b):
-        for cls in torch.unique(truth[i]).tolist():
-            if cls:
-                tags[i, cls - 1] = 1
-    tags[0, 3] = 0  # a class whose seed "vanished" from the tags' view
-    return dict(masks=masks, cams=cams, tags=tags, images=images, boxes=boxes, uss=uss, wss_feats=[c4, c5],
-                num_classes=num_classes, background_id=0)
+def reference_masks(batch: dict, cfg: R.RelabelConfig) -> list[np.ndarray]:
+    return [reference_relabel(batch["masks"][i].numpy(), batch["cams"][i].numpy(), batch["tags"][i].numpy(),
+                              batch["images"][i].numpy(), batch["boxes"][i].tolist(), batch["uss"][i].numpy(),
+                              [f[i].numpy() for f in batch["wss_feats"]], batch["num_classes"], 0, cfg, CRF)
+            for i in range(len(batch["masks"]))]
+
+
+def assert_same(got: torch.Tensor, expected: list[np.ndarray]) -> None:
+    for i, ref in enumerate(expected):
+        same = (got[i].numpy() == ref).mean()
+        assert same == 1.0, f"sample {i}: {100 * (1 - same):.3f}% of pixels differ"
+
+
+PARITY = {  # dhr-method.md §10: the switches that restore the release's behaviour, alone and together
+    "default": {},
+    "bg_official": {"step1": {"bg_mode": "official"}},
+    "cells_all": {"cell_scope": "all"},
+    "mm_eps_0": {"mm_eps": 0.0},
+    "release": {"step1": {"bg_mode": "official"}, "cell_scope": "all", "mm_eps": 0.0},
+}
 
 
 @pytest.mark.parametrize("steps", [[1], [1, 2], [1, 2, 3], [2, 3]])
-def test_batched_relabel_equals_the_literal_reference(steps):
-    batch = random_batch(0)
-    cfg = R.RelabelConfig(steps=steps, uss_patch=8, tau=0.8)
-    got = R.relabel(cfg=cfg, **batch).masks
-    for i in range(len(got)):
-        ref = reference_relabel(batch["masks"][i].numpy(), batch["cams"][i].numpy(), batch["tags"][i].numpy(),
-                                batch["images"][i].numpy(), batch["boxes"][i].tolist(), batch["uss"][i].numpy(),
-                                [f[i].numpy() for f in batch["wss_feats"]], batch["num_classes"], 0, cfg)
-        same = (got[i].numpy() == ref).mean()
-        assert same == 1.0, f"sample {i}: {100 * (1 - same):.3f}% of pixels differ"
+def test_batched_relabel_with_the_crf_equals_the_literal_reference(steps):
+    batch = random_relabel_batch(0)
+    cfg = R.RelabelConfig.defaults(steps=steps, uss_patch=8)
+    result = R.relabel(cfg=cfg, crf=CRFPool(CRF), **batch)
+    assert sum(int(c.sum()) for c in result.changed.values()) > 0  # the steps did relabel something
+    assert_same(result.masks, reference_masks(batch, cfg))
+
+
+@pytest.mark.parametrize("switches", list(PARITY), ids=list(PARITY))
+def test_release_parity_switches_match_the_reference(switches):
+    batch = random_relabel_batch(1, full_boxes=switches in ("cells_all", "release"))
+    cfg = R.RelabelConfig.defaults(uss_patch=8, **PARITY[switches])
+    assert_same(R.relabel(cfg=cfg, crf=CRFPool(CRF), **batch).masks, reference_masks(batch, cfg))
+
+
+def test_relabelling_is_fp32_under_bf16_autocast():
+    """Lightning's 16-mixed wraps training_step in autocast; the masks must not notice."""
+    batch = random_relabel_batch(2, batch=4)
+    cfg = R.RelabelConfig.defaults(uss_patch=8)
+    plain = R.relabel(cfg=cfg, crf=CRFPool(CRF), **batch).masks
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = R.relabel(cfg=cfg, crf=CRFPool(CRF), **batch).masks
+        halved = {**batch, "cams": batch["cams"].bfloat16(), "uss": batch["uss"].bfloat16()}
+        from_bf16 = R.relabel(cfg=cfg, crf=CRFPool(CRF), **halved).masks
+    assert torch.equal(plain, mixed)
+    reference = R.relabel(cfg=cfg, crf=CRFPool(CRF), **{**batch, "cams": halved["cams"].float(), "uss": halved["uss"].float()})
+    assert torch.equal(from_bf16, reference.masks)  # bf16 inputs are promoted, never computed in bf16
+
+
+def test_invalid_switches_name_the_key():
+    from dhr.errors import DHRError
+
+    for overrides, key in (({"tau": 1.5}, "model.dhr.tau"), ({"steps": [4]}, "model.dhr.steps"),
+                           ({"step1": {"bg_mode": "x"}}, "model.dhr.step1.bg_mode"), ({"bogus": 1}, "model.dhr.bogus"),
+                           ({"ot": {"eps": 0}}, "model.dhr.ot.eps")):
+        with pytest.raises(DHRError, match=key.replace(".", r"\.")):
+            R.RelabelConfig.defaults(**overrides)

@@ -20,7 +20,7 @@ def test_generation_is_deterministic_and_valid(synth_root, tmp_path):
     for sub in ("train/image", "train/mask", "validation/xml"):
         cmp = filecmp.dircmp(first / sub, again / sub)
         assert not cmp.diff_files and not cmp.left_only and not cmp.right_only
-    layout = DatasetLayout(synth_root, DatasetInfo(name="SYNTH", classes=SYNTH_CLASSES, splits={"val": "validation"}))
+    layout = DatasetLayout(synth_root, DatasetInfo(name="SYNTH", classes=SYNTH_CLASSES, splits={"val": "validation"}, background_id=0))
     assert len(layout.validate("train", tags=True)) == TINY_SYNTH["num_train"]
     assert len(layout.validate("val", tags=True)) == TINY_SYNTH["num_val"]
 
@@ -67,7 +67,7 @@ def test_families_share_colour_and_minor_objects_are_small_and_adjacent():
 
 
 def test_xml_tags_match_mask_classes(synth_root):
-    info = DatasetInfo(name="SYNTH", classes=SYNTH_CLASSES)
+    info = DatasetInfo(name="SYNTH", classes=SYNTH_CLASSES, background_id=0)
     layout = DatasetLayout(synth_root, info)
     tags = layout.read_tags("train")
     for image_id, ids in tags.items():

@@ -43,7 +43,7 @@ def test_resume_from_last_continues_the_step_count(tmp_path, synth_root):
 
     run(train_cfg(tmp_path, synth_root, "evaluate_after_fit=false"))
     before = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    run(train_cfg(tmp_path, synth_root, "evaluate_after_fit=false", "ckpt_path=last", "dataset.recipe.max_epochs=2"))
+    run(train_cfg(tmp_path, synth_root, "evaluate_after_fit=false", "ckpt_path=last", "recipe.max_epochs=2"))
     after = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert before["global_step"] == 3 and after["global_step"] == 6  # 3 more steps, not 6 from scratch
 
@@ -80,14 +80,14 @@ def test_bad_training_mask_fails_before_training(tmp_path, synth_root):
     save_label_png(masks / "tr_00003.png", bad, make_palette("voc", 9))
     (masks / "tr_00005.png").unlink()
     with pytest.raises(DHRError, match=r"(?s)2 problem.*tr_00003.png: values \[77\].*tr_00005.png: missing mask"):
-        run(train_cfg(tmp_path, synth_root, f"data.masks={masks}"))
+        run(train_cfg(tmp_path, synth_root, "data.masks=seeds", f"data.seeds_dir={masks}"))
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 def test_nan_loss_is_reported_with_a_fix(tmp_path, synth_root):
     from dhr.train import run
 
-    with pytest.raises(DHRError, match="training loss is nan.*lower optim.lr"):
+    with pytest.raises(DHRError, match="training loss is nan.*lower model.optim.lr"):
         run(train_cfg(tmp_path, synth_root, "model.optim.lr=1e30", "trainer.limit_train_batches=3"))
 
 
@@ -99,14 +99,17 @@ def test_fast_dev_run_composes_every_trainer_flag(tmp_path, synth_root):
 
 
 def test_unreadable_checkpoint_is_named(tmp_path):
-    from dhr.predict import load_module
+    from dhr.utils.checkpoint import load_module
 
     bad = tmp_path / "broken.ckpt"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(DHRError, match="broken.ckpt: not a readable dhr segmentation checkpoint"):
+    with pytest.raises(DHRError, match="ckpt=.*broken.ckpt: not a readable checkpoint"):
         load_module(bad)
     with pytest.raises(DHRError, match="checkpoint not found"):
         load_module(tmp_path / "missing.ckpt")
+    torch.save({"a": torch.zeros(1)}, tmp_path / "weights.pt")
+    with pytest.raises(DHRError, match="not a dhr.train checkpoint"):
+        load_module(tmp_path / "weights.pt")
 
 
 def test_all_loggers_together(tmp_path, synth_root, monkeypatch):
@@ -123,9 +126,10 @@ def test_all_loggers_together(tmp_path, synth_root, monkeypatch):
 
 def test_wss_seed_folders_resolve_to_the_official_layout(tmp_path):
     cfg = compose_cfg("train", ["dataset=voc", "wss=mars", "paths.data_root=/d"], tmp_path)
-    assert cfg.wss.path == "/d/WSS/VOC2012/MARS/train_aug" and cfg.data.masks == cfg.wss.path
+    assert cfg.wss.path == "/d/WSS/VOC2012/MARS/train_aug" and cfg.data.masks == "seeds"
+    assert cfg.data.seeds_dir == cfg.wss.path
     cfg = compose_cfg("train", ["dataset=coco", "wss=rsepm", "paths.data_root=/d"], tmp_path)
-    assert cfg.data.masks == "/d/WSS/COCO2014/RSEPM/train"
+    assert cfg.data.seeds_dir == "/d/WSS/COCO2014/RSEPM/train"
 
 
 def test_external_seeds_are_checked_before_training(tmp_path, synth_root):
@@ -142,7 +146,7 @@ def test_external_seeds_are_checked_before_training(tmp_path, synth_root):
         im.resize((im.width + 3, im.height)).save(seeds / "tr_00002.png")
     with pytest.raises(DHRError, match=r"(?s)2 problem.*tr_00002.png: mask is .* but image is.*tr_00007.png: missing mask"):
         run(train_cfg(tmp_path, synth_root, "wss=folder", f"wss.path={seeds}"))
-    with pytest.raises(DHRError, match="folder of training masks not found"):
+    with pytest.raises(DHRError, match="folder of seed masks not found"):
         run(train_cfg(tmp_path, synth_root, "wss=cam"))  # no CAM seeds generated yet
 
 

@@ -14,7 +14,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
 
-CKPT_KEY = "ema_state_dict"
+from dhr.utils.checkpoint import EMA_KEY
 
 
 class EMA(Callback):
@@ -70,11 +70,11 @@ class EMA(Callback):
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
         if self.ema is not None:
-            checkpoint[CKPT_KEY] = {k: v.detach().cpu() for k, v in self.ema.items()}
+            checkpoint[EMA_KEY] = {k: v.detach().cpu() for k, v in self.ema.items()}
 
     def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
-        if CKPT_KEY in checkpoint:
-            self.ema = {k: v.clone() for k, v in checkpoint[CKPT_KEY].items()}
+        if EMA_KEY in checkpoint:
+            self.ema = {k: v.clone() for k, v in checkpoint[EMA_KEY].items()}
 
     def copy_to(self, pl_module: pl.LightningModule) -> None:
         """Load the EMA weights into ``pl_module`` for good (after training)."""

@@ -19,8 +19,8 @@ from torch.utils.data import DataLoader, Dataset
 from dhr.data.datasets import open_label
 from dhr.data.layout import DatasetInfo, DatasetLayout
 from dhr.data.synthetic import generate_from_cfg
-from dhr.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from dhr.errors import DHRError
+from dhr.utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from dhr.utils.io import read_rgb
 
 CROP_RATIOS = {"none": (), "five": (0.5,), "double": (0.5, 0.8), "super": (0.3, 0.4, 0.5, 0.6, 0.7)}

@@ -34,6 +34,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         val_split: str | None = "val",
         predict_split: str = "val",
         masks: str = "gt",
+        seeds_dir: str | None = None,
         batch_size: int = 16,
         val_batch_size: int = 8,
         num_workers: int = 2,
@@ -52,7 +53,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.info = DatasetInfo.from_cfg(self.dataset_cfg)
         self.layout = DatasetLayout(data_root, self.info)
         self.train_split, self.val_split, self.predict_split = train_split, val_split, predict_split
-        self.masks = masks
+        if masks not in ("gt", "none", "seeds"):
+            raise DHRError(f"data.masks={masks!r}: use gt (GT masks), none (tags only) or seeds (with wss=...)")
+        self.masks, self.seeds_dir = masks, seeds_dir
         self.batch_size, self.val_batch_size = int(batch_size), int(val_batch_size)
         self.num_workers = min(int(num_workers), os.cpu_count() or 1)
         self.crop_size, self.resize_long, self.flip, self.jitter = int(crop_size), list(resize_long), flip, jitter
@@ -71,17 +74,17 @@ class SegmentationDataModule(pl.LightningDataModule):
         generate_from_cfg(self.layout.data_root, self.dataset_cfg)
 
     def train_mask_dir(self) -> Path | None:
-        """GT masks (``gt``), no masks (``none``: image-level tags only), or a folder of seed masks."""
+        """GT masks (``gt``), no masks (``none``: image-level tags only), or the seed masks (``seeds``)."""
         if self.masks == "none":
             return None
-        if self.masks == "wss_required":
-            raise DHRError("this model refines seed masks: choose them with wss=mars|rsepm|cam or "
-                           "wss=folder wss.path=DIR (CAM seeds: python -m dhr.predict model=cam ckpt=... split=train)")
         if self.masks == "gt":
             return self.layout.mask_dir(self.train_split)
-        folder = Path(self.masks)
+        if not self.seeds_dir:
+            raise DHRError("data.masks=seeds but no seeds are chosen: add wss=mars|rsepm|cam or wss=folder "
+                           "wss.path=DIR (CAM seeds: python -m dhr.predict model=cam ckpt=... split=train)")
+        folder = Path(self.seeds_dir)
         if not folder.is_dir():
-            raise DHRError(f"data.masks={self.masks}: folder of training masks not found (use 'gt' for GT masks)")
+            raise DHRError(f"data.seeds_dir={folder}: folder of seed masks not found; make the seeds first or fix wss.path")
         return folder
 
     def _check(self, split: str, mask_dir: Path | None, tags: bool) -> list[str]:
@@ -130,8 +133,8 @@ class SegmentationDataModule(pl.LightningDataModule):
             raise DHRError(f"data.uss_dir={folder}: USS feature folder not found; {hint}")
         patch = read_manifest(folder).get("patch")
         if patch is not None and int(patch) != self.uss_patch:
-            raise DHRError(f"{folder}: features were exported with patch {patch} but dhr.uss_patch={self.uss_patch}; "
-                           f"set dhr.uss_patch={patch}")
+            raise DHRError(f"{folder}: features were exported with patch {patch} but model.dhr.uss_patch={self.uss_patch}; "
+                           f"set model.dhr.uss_patch={patch}")
         missing = [i for i in ids if not (folder / f"{i}.pt").is_file()]
         if missing:
             raise DHRError(f"{folder}: {len(missing)} of {len(ids)} training images have no USS features "

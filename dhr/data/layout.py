@@ -38,6 +38,7 @@ class DatasetInfo:
     ignore_index: int = 255
     eval_background_only: bool = False
     splits: Mapping[str, str | None] = field(default_factory=dict)
+    background_id: int | None = None  # the class image-level tags never name (dataset.background_id)
 
     @classmethod
     def from_cfg(cls, cfg: Mapping[str, Any]) -> DatasetInfo:
@@ -51,6 +52,11 @@ class DatasetInfo:
             )
         if len(set(classes)) != len(classes):
             raise DHRError(f"dataset {cfg['name']}: duplicate class names in dataset.classes")
+        if "background_id" not in cfg:
+            raise DHRError(f"dataset {cfg['name']}: set dataset.background_id (the background class id, or null)")
+        background = cfg["background_id"]
+        if background is not None and not 0 <= int(background) < len(classes):
+            raise DHRError(f"dataset {cfg['name']}: background_id={background} is not a class id (0..{len(classes) - 1})")
         return cls(
             name=str(cfg["name"]),
             classes=classes,
@@ -58,6 +64,7 @@ class DatasetInfo:
             ignore_index=int(cfg.get("ignore_index", 255)),
             eval_background_only=bool(cfg.get("eval_background_only", False)),
             splits=dict(cfg.get("splits") or {}),
+            background_id=None if background is None else int(background),
         )
 
     @property
@@ -66,11 +73,7 @@ class DatasetInfo:
 
     @property
     def has_background(self) -> bool:
-        return "background" in self.classes
-
-    @property
-    def background_id(self) -> int | None:
-        return self.classes.index("background") if self.has_background else None
+        return self.background_id is not None
 
     @property
     def foreground_ids(self) -> list[int]:

@@ -16,8 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from dhr.utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 Sample = dict[str, Any]
 

@@ -10,7 +10,6 @@ stack and the relabelling ignores them.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -18,22 +17,9 @@ import torch.nn.functional as F
 
 from dhr.data.transforms import Geometry
 from dhr.errors import DHRError
+from dhr.utils.grid import ceil_to, feature_grid, working_grid  # noqa: F401 - part of this API
 
 MANIFEST = "manifest.json"
-
-
-def ceil_to(x: int, multiple: int) -> int:
-    return int(math.ceil(x / multiple) * multiple)
-
-
-def feature_grid(h: int, w: int, patch: int, first_scale: float = 2.0) -> tuple[int, int]:
-    """(h_f, w_f) of an exported map: the token grid of the first scale (ceil_p(int(2H)) / p)."""
-    return ceil_to(int(h * first_scale), patch) // patch, ceil_to(int(w * first_scale), patch) // patch
-
-
-def working_grid(canvas: int, patch: int) -> int:
-    """g = ceil_p(2S) / p: 74 for S = 512 and DINO's patch 14."""
-    return ceil_to(2 * canvas, patch) // patch
 
 
 def read_manifest(folder: Path) -> dict:

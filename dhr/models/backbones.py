@@ -73,3 +73,13 @@ def undilate_first_blocks(model: nn.Module) -> None:
 
 def _dilation(module: nn.Module) -> int:
     return int(module.dilation[0]) if isinstance(module, nn.Conv2d) else 1
+
+
+def backbone_from_cfg(cfg: dict[str, Any], **overrides: Any) -> tuple[nn.Module, int]:
+    """(feature extractor, output stride) from a ``conf/backbone/*.yaml`` node (``name``, ``output_stride``, ...)."""
+    cfg = dict(cfg)
+    try:
+        name, output_stride = cfg.pop("name"), int(cfg.pop("output_stride"))
+    except KeyError as err:
+        raise DHRError(f"backbone.{err.args[0]}: missing; a CNN backbone config needs name and output_stride") from None
+    return create_backbone(name, output_stride=output_stride, **cfg, **overrides), output_stride

@@ -88,3 +88,9 @@ class FrozenViT(nn.Module):
         h, w = x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size
         tokens = self.vit.forward_features(x)[:, self.vit.num_prefix_tokens :]
         return tokens.transpose(1, 2).reshape(x.shape[0], -1, h, w)
+
+
+def vit_from_cfg(cfg: dict[str, Any]) -> FrozenViT:
+    """The frozen ViT of a ``conf/backbone/*.yaml`` node (``name`` plus timm keyword arguments)."""
+    cfg = dict(cfg)
+    return FrozenViT(cfg.pop("name"), **cfg)

@@ -11,33 +11,33 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dhr.errors import DHRError
-from dhr.models.backbones import create_backbone
+from dhr.models.backbones import backbone_from_cfg
+from dhr.modules.base import DHRLightningModule
+from dhr.modules.optim import OptimConfig, poly_sgd
+from dhr.ops.inference import multiscale_flip
 
-DEFAULT_OPTIM = {"lr": 0.01, "head_lr_mult": 10.0, "momentum": 0.9, "weight_decay": 1e-4, "poly_power": 0.9}
 
-
-class CAMModule(pl.LightningModule):
+class CAMModule(DHRLightningModule):
     needs_tags = True  # prediction reads the split's image-level tags
     writes_crf = True  # with infer.crf, predictions come in a CRF and a no-CRF version
+    infer_keys = ("scales", "flip", "crf", "bg_mode", "bg_gamma", "bg_threshold")  # conf/model/cam.yaml
 
-    def __init__(self, *, num_classes: int, backbone: dict[str, Any], background_id: int | None = 0,
-                 optim: dict[str, float] | None = None, infer: dict[str, Any] | None = None) -> None:
+    def __init__(self, *, num_classes: int, backbone: dict[str, Any], background_id: int | None,
+                 optim: dict[str, float], crf: dict[str, Any]) -> None:
         super().__init__()
         self.save_hyperparameters()
         num_foreground = num_classes - (background_id is not None)
-        cfg = dict(backbone)
-        name, output_stride = cfg.pop("name"), int(cfg.pop("output_stride", 16))
-        self.backbone = create_backbone(name, output_stride=output_stride, out_indices=(4,), **cfg)
+        self.backbone, _ = backbone_from_cfg(backbone, out_indices=(4,))
         self.classifier = nn.Conv2d(self.backbone.feature_info.channels()[-1], num_foreground, 1, bias=False)
         nn.init.normal_(self.classifier.weight, std=0.01)
-        self.optim = {**DEFAULT_OPTIM, **(optim or {})}
-        self.infer = dict(infer or {})
+        self.optim = OptimConfig.from_cfg(optim)
+        self.init_crf(crf)
+        self.infer: dict[str, Any] = {}  # set by dhr.predict from the infer node
 
     def cams(self, image: torch.Tensor) -> torch.Tensor:
         """Raw CAMs (N, C_fg, h, w) at the backbone's stride."""
@@ -53,19 +53,9 @@ class CAMModule(pl.LightningModule):
 
     @torch.no_grad()
     def multiscale_cams(self, image: torch.Tensor, scales: list[float], flip: bool) -> torch.Tensor:
-        """ReLU CAMs summed over scales and flips, at the image size (N, C_fg, H, W)."""
-        h, w = image.shape[-2:]
-        total = None
-        for s in scales:
-            x = image if s == 1.0 else F.interpolate(image, size=(int(h * s), int(w * s)), mode="bilinear", align_corners=False)
-            if flip:
-                x = torch.cat([x, x.flip(-1)])
-            cam = F.relu(self.cams(x))
-            cam = F.interpolate(cam, size=(h, w), mode="bilinear", align_corners=False)
-            if flip:
-                n = image.shape[0]
-                cam = cam[:n] + cam[n:].flip(-1)
-            total = cam if total is None else total + cam
+        """ReLU CAMs summed over scales and flips, at the image size (N, C_fg, H, W); bilinear, align_corners=False."""
+        total, _ = multiscale_flip(lambda x: F.relu(self.cams(x)), image, scales, flip=flip, align_corners=False,
+                                   out_size=tuple(image.shape[-2:]))
         return total
 
     def seed_probs(self, cams: torch.Tensor, tags: torch.Tensor) -> torch.Tensor:
@@ -74,11 +64,11 @@ class CAMModule(pl.LightningModule):
         cams = cams * tags[:, :, None, None]
         cams = cams / cams.amax(dim=(2, 3), keepdim=True).clamp_min(1e-5)
         fg_max = cams.amax(dim=1, keepdim=True)
-        mode = inf.get("bg_mode", "power")
+        mode = inf["bg_mode"]
         if mode == "power":
-            bg = (1 - fg_max).clamp_min(0) ** float(inf.get("bg_gamma", 2.0))
+            bg = (1 - fg_max).clamp_min(0) ** float(inf["bg_gamma"])
         elif mode == "threshold":
-            bg = torch.full_like(fg_max, float(inf.get("bg_threshold", 0.3)))
+            bg = torch.full_like(fg_max, float(inf["bg_threshold"]))
         else:
             raise DHRError(f"infer.bg_mode={mode!r}: use power or threshold")
         n, _, h, w = cams.shape
@@ -93,28 +83,16 @@ class CAMModule(pl.LightningModule):
         inf = self.infer
         if "tags" not in batch:
             raise DHRError("CAM seeds need image-level tags for the predicted split (xml/ or cls_labels.json)")
-        cams = self.multiscale_cams(batch["image"], list(inf.get("scales", [1.0])), bool(inf.get("flip", True)))
+        cams = self.multiscale_cams(batch["image"], list(inf["scales"]), bool(inf["flip"]))
         scores = self.seed_probs(cams, batch["tags"])
         labels = scores.argmax(1)
         out = {"id": batch["id"], "label": labels.to(torch.uint8).cpu()}
-        if inf.get("crf", False):
-            from dhr.ops.crf import denormalize, dense_crf_many
-
+        if inf["crf"]:
             probs = scores / scores.sum(1, keepdim=True).clamp_min(1e-5)
-            images = [denormalize(im) for im in batch["image"].float().cpu().numpy()]
-            q = dense_crf_many(images, list(probs.float().cpu().numpy()))
+            q = self.crf_pool.on_normalised(list(batch["image"].float().cpu().numpy()), list(probs.float().cpu().numpy()))
             out["label_crf"] = torch.from_numpy(np.stack(q).argmax(1).astype(np.uint8))
         return out
 
     def configure_optimizers(self) -> dict[str, Any]:
-        o = self.optim
-        optimizer = torch.optim.SGD(
-            [{"params": self.backbone.parameters(), "lr": o["lr"]},
-             {"params": self.classifier.parameters(), "lr": o["lr"] * o["head_lr_mult"]}],
-            lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"])
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: max(0.0, 1 - t / total) ** o["poly_power"])
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["dhr_module"] = "dhr.modules.cam.CAMModule"
+        return poly_sgd(self.backbone.parameters(), self.classifier.parameters(), self.optim,
+                        self.trainer.estimated_stepping_batches)

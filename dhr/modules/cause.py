@@ -13,14 +13,14 @@ import copy
 from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from dhr.errors import DHRError
 from dhr.models.cause_heads import SegmentMLP, SegmentTR
-from dhr.models.vit import FrozenViT
+from dhr.models.vit import vit_from_cfg
+from dhr.modules.base import DHRLightningModule
 from dhr.ops.contrastive import ConceptBank, concept_contrastive_loss
 from dhr.ops.hungarian import hungarian_scores
 from dhr.ops.metrics import scores_from_confusion
@@ -35,36 +35,36 @@ def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return torch.gather(flat, 2, idx.unsqueeze(1).expand(-1, flat.shape[1], -1)).transpose(1, 2)
 
 
-class CauseModule(pl.LightningModule):
+class CauseModule(DHRLightningModule):
     def __init__(
         self,
         *,
         backbone: dict[str, Any],
         num_classes: int,
-        stage: str = "clusterbook",
-        head_type: str = "tr",
-        num_concepts: int = 2048,
-        reduced_dim: int = 90,
-        projection_dim: int = 2048,
-        ffn_dim: int = 2048,
-        resolution: int = 320,
-        grid_k: int = 4,
-        tau_modularity: float = 0.1,
-        tau_nce: float = 0.07,
-        pos_thresh: float = 0.3,
-        neg_thresh: float = 0.1,
-        ema_decay: float = 0.99,
-        bank_length: int = 100,
-        lr: float = 1e-3,
-        lr_scale: float = 4.0,
-        weight_decay: float = 1e-4,
-        grad_clip: float | None = None,
-        teacher_dropout: bool = True,
-        stage3_leak: bool = False,
-        modularity_chunk: int = 256,
-        ignore_index: int = 255,
-        eval_crf: bool = True,
-        report_kmeans_seeds: int = 5,
+        stage: str,
+        head_type: str,
+        num_concepts: int,
+        reduced_dim: int,
+        projection_dim: int,
+        ffn_dim: int,
+        resolution: int,
+        grid_k: int,
+        tau_modularity: float,
+        tau_nce: float,
+        pos_thresh: float,
+        neg_thresh: float,
+        ema_decay: float,
+        bank_length: int,
+        lr: float,
+        lr_scale: float,
+        weight_decay: float,
+        grad_clip: float | None,
+        teacher_dropout: bool,
+        stage3_leak: bool,
+        modularity_chunk: int,
+        eval_crf: bool,
+        report_kmeans_seeds: int,
+        crf: dict[str, Any] | None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -73,8 +73,11 @@ class CauseModule(pl.LightningModule):
         if not isinstance(report_kmeans_seeds, int) or report_kmeans_seeds < 1:
             raise DHRError(f"model.report_kmeans_seeds={report_kmeans_seeds!r}: set a whole number of at least 1 "
                            "(the k-means baseline's seed count)")
-        vit_cfg = dict(backbone)
-        object.__setattr__(self, "backbone", FrozenViT(vit_cfg.pop("name"), **vit_cfg))  # not a registered child
+        object.__setattr__(self, "backbone", vit_from_cfg(backbone))  # not a registered child
+        if eval_crf:
+            if crf is None:
+                raise DHRError("model.eval_crf=true needs the crf node (model.crf: ${crf}); or set model.eval_crf=false")
+            self.init_crf(crf)
         dim, patch = self.backbone.embed_dim, self.backbone.patch_size
         k = num_concepts
         self.codebook = nn.Parameter(torch.empty(k, dim).uniform_(-1 / k, 1 / k))
@@ -242,8 +245,6 @@ class CauseModule(pl.LightningModule):
     @torch.no_grad()
     def cluster_predict_crf(self, image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         """Flip TTA in feature space, log_softmax(3 cos) → bilinear to ``size`` → softmax → dense CRF → argmax."""
-        from dhr.ops.crf import denormalize, dense_crf_many
-
         feats = self.teacher_features(self.tokens(image), dropout=False)
         feats_flip = self.teacher_features(self.tokens(image.flip(-1)), dropout=False).flip(-1)
         feats = (feats + feats_flip) / 2
@@ -251,7 +252,7 @@ class CauseModule(pl.LightningModule):
         scores = F.interpolate(torch.log_softmax(3 * cos, dim=1), size=size, mode="bilinear", align_corners=False)
         probs = torch.softmax(scores, dim=1).float().cpu().numpy()
         rgb = F.interpolate(image, size=size, mode="bilinear", align_corners=False).float().cpu().numpy()
-        q = dense_crf_many([denormalize(im) for im in rgb], list(probs))
+        q = self.crf_pool.on_normalised(list(rgb), list(probs))
         return torch.from_numpy(np.stack(q).argmax(1)).to(image.device)
 
     def on_validation_epoch_start(self) -> None:
@@ -276,6 +277,7 @@ class CauseModule(pl.LightningModule):
         self.log("val/linear_mIoU", float(np.nan_to_num(scores_from_confusion(conf.cpu().numpy()).miou)))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         checkpoint["cause_stage"] = self.stage
 
     # -- comparison with k-means on the frozen backbone ------------------------------------------

@@ -18,43 +18,27 @@ from torch import nn
 
 from dhr.errors import DHRError
 from dhr.modules.segmentation import SegmentationModule, legacy_nearest
-from dhr.ops.crf import CRFPool, denormalize, dense_crf
 from dhr.ops.inference import multiscale_probs
 from dhr.ops.relabel import RelabelConfig, cam_box, relabel
+from dhr.utils.checkpoint import MODULE_KEY, model_weights, read_checkpoint
 
-DEFAULT_DHR = {"enabled": True, "steps": [1, 2, 3], "tau": 0.8, "uss_patch": 14, "ws_layers": ["c4", "c5"],
-               "cam_eps": 1e-5, "mm_eps": 1e-5, "cell_scope": "valid", "global_ot": True,
-               "step1": {"bg_mode": "power", "bg_gamma": 2.0, "bg_value": None, "paste": "all"},
-               "ot": {"eps": 0.1, "max_iter": 100, "tol": 1e-2, "log_domain": False},
-               "crf_processes": None, "denorm": "truncate"}
-
-
-def relabel_config(dhr: dict[str, Any]) -> RelabelConfig:
-    """The flat :class:`RelabelConfig` from the nested ``dhr`` config group."""
-    step1 = {**DEFAULT_DHR["step1"], **dhr.get("step1", {})}
-    return RelabelConfig(steps=dhr["steps"], tau=float(dhr["tau"]), uss_patch=int(dhr["uss_patch"]),
-                         cam_eps=float(dhr["cam_eps"]), mm_eps=float(dhr["mm_eps"]), cell_scope=dhr["cell_scope"],
-                         bg_mode=step1["bg_mode"], bg_gamma=float(step1["bg_gamma"]), bg_value=step1["bg_value"],
-                         paste=step1["paste"], global_ot=bool(dhr["global_ot"]),
-                         ot={**DEFAULT_DHR["ot"], **dhr.get("ot", {})}, denorm=dhr["denorm"])
+CAM_MODULE = "dhr.modules.cam.CAMModule"
 
 
 class DHRModule(SegmentationModule):
     writes_crf = True  # with infer.crf, predictions come in a CRF and a no-CRF version
+    infer_keys = ("scales", "flip", "crf", "threshold", "fp16_maps")  # conf/model/dhr.yaml
 
-    def __init__(self, *, num_classes: int, backbone: dict[str, Any], background_id: int | None = 0,
-                 dhr: dict[str, Any] | None = None, channels_last: bool = True, init_from: str | None = None,
+    def __init__(self, *, num_classes: int, backbone: dict[str, Any], background_id: int | None,
+                 dhr: dict[str, Any], crf: dict[str, Any], channels_last: bool, init_from: str | None,
                  **kwargs: Any) -> None:
         super().__init__(num_classes=num_classes, backbone=backbone, **kwargs)
         self.save_hyperparameters()
-        self.dhr = {**DEFAULT_DHR, **(dhr or {})}
-        self.relabel_cfg = relabel_config(self.dhr)
-        unknown = set(self.dhr["ws_layers"]) - {"c2", "c3", "c4", "c5"}
-        if unknown:
-            raise DHRError(f"dhr.ws_layers has {sorted(unknown)}; use backbone maps among c2, c3, c4, c5")
+        self.relabel_cfg = RelabelConfig.from_cfg(dhr)
+        self.init_crf(crf)
         self.background_id = background_id
         self.num_foreground = num_classes - (background_id is not None)
-        self.output_stride = int(backbone.get("output_stride", 16))
+        self.output_stride = int(backbone["output_stride"])
         self.cam_head = nn.Conv2d(self.net.backbone.feature_info.channels()[-1], self.num_foreground, 1, bias=False)
         nn.init.kaiming_normal_(self.cam_head.weight, mode="fan_out", nonlinearity="relu")
         if init_from:
@@ -62,7 +46,6 @@ class DHRModule(SegmentationModule):
         self.channels_last = channels_last
         if channels_last:  # C4/C5 come out channels-last: the relabelling's reductions over channels run fastest so
             self.net.to(memory_format=torch.channels_last)
-        self._crf: CRFPool | None = None
 
     def init_from_cam(self, ckpt: str) -> None:
         """Start the backbone and the CAM head from a ``model=cam`` checkpoint (its EMA weights).
@@ -70,17 +53,10 @@ class DHRModule(SegmentationModule):
         Project choice (not in the release): the seed classifier is trained on the same tags, so
         this is the "pretrained backbone" of a setting with no ImageNet weights.
         """
-        from pathlib import Path
-
-        from dhr.callbacks.ema import CKPT_KEY
-
-        path = Path(ckpt)
-        if not path.is_file():
-            raise DHRError(f"model.init_from={ckpt}: CAM checkpoint not found")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if state.get("dhr_module") != "dhr.modules.cam.CAMModule":
-            raise DHRError(f"model.init_from={ckpt}: not a model=cam checkpoint (found {state.get('dhr_module')})")
-        weights = state.get(CKPT_KEY, state["state_dict"])
+        state = read_checkpoint(ckpt, "model.init_from")
+        if state.get(MODULE_KEY) != CAM_MODULE:
+            raise DHRError(f"model.init_from={ckpt}: not a model=cam checkpoint (found {state.get(MODULE_KEY)})")
+        weights = model_weights(state, ckpt)
         backbone = {k.removeprefix("backbone."): v for k, v in weights.items() if k.startswith("backbone.")}
         try:
             missing, unexpected = self.net.backbone.load_state_dict(backbone, strict=False)
@@ -109,17 +85,6 @@ class DHRModule(SegmentationModule):
         out["cams"] = self.cams_from_c5(out["c5"])
         return out
 
-    @property
-    def crf_map(self) -> CRFPool:
-        if self._crf is None:
-            processes = self.dhr.get("crf_processes")
-            self._crf = CRFPool(None if processes in (None, "auto") else int(processes))
-        return self._crf
-
-    def teardown(self, stage: str) -> None:
-        if self._crf is not None:
-            self._crf.close()
-
     # -- training -------------------------------------------------------------------------------
     def box_mean_cams(self, cams: torch.Tensor, boxes: torch.Tensor, canvas: int) -> torch.Tensor:
         """Global average of the raw CAMs over each crop box in CAM cells (§8): (B, C_fg)."""
@@ -136,11 +101,11 @@ class DHRModule(SegmentationModule):
         out = self.forward_train(image)
         n = image.shape[0]
         target = seeds
-        if self.dhr["enabled"]:
-            feats = [out[name].detach() for name in self.dhr["ws_layers"]]
+        if self.relabel_cfg.enabled:
+            feats = [out[name].detach() for name in self.relabel_cfg.ws_layers]
             result = relabel(seeds, cams=out["cams"].detach(), tags=batch["tags"], images=image, boxes=batch["crop_box"],
                              uss=batch.get("uss"), wss_feats=feats, num_classes=self.hparams.num_classes,
-                             background_id=self.background_id, cfg=self.relabel_cfg, crf_map=self.crf_map)
+                             background_id=self.background_id, cfg=self.relabel_cfg, crf=self.crf_pool)
             target = result.masks
             crop_pixels = ((batch["crop_box"][:, 2] - batch["crop_box"][:, 0]) *
                            (batch["crop_box"][:, 3] - batch["crop_box"][:, 1])).float()
@@ -160,7 +125,7 @@ class DHRModule(SegmentationModule):
         loss = seg + cls
         if not torch.isfinite(loss):
             raise DHRError(f"training loss is {loss.item()} (seg {seg.item()}, cls {cls.item()}) at step "
-                           f"{self.global_step}: lower optim.lr (now {self.optim['lr']}) or use trainer.precision=32-true")
+                           f"{self.global_step}: lower model.optim.lr (now {self.optim.lr}) or use trainer.precision=32-true")
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
         self.log("train/loss_cls", cls, on_step=False, on_epoch=True, batch_size=n)
         return loss
@@ -168,10 +133,10 @@ class DHRModule(SegmentationModule):
     # -- prediction (§9) ------------------------------------------------------------------------
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         inf = self.infer
-        probs = multiscale_probs(self.net, batch["image"], inf.get("scales", [1.0]), inf.get("flip", True)).float()
+        probs = multiscale_probs(self.net, batch["image"], inf["scales"], inf["flip"]).float()
         out = {"id": batch["id"], "label": probs.argmax(1).to(torch.uint8).cpu()}
-        if inf.get("crf", False):
-            out["label_crf"] = torch.stack([self.threshold_crf(im, p, float(inf.get("threshold", 0.05)))
+        if inf["crf"]:
+            out["label_crf"] = torch.stack([self.threshold_crf(im, p, float(inf["threshold"]))
                                             for im, p in zip(batch["image"], probs, strict=True)])
         return out
 
@@ -182,8 +147,8 @@ class DHRModule(SegmentationModule):
         if len(kept) == 0:
             kept = peak.argmax().view(1)
         maps = probs[kept].cpu().numpy()
-        if self.infer.get("fp16_maps", False):
+        if self.infer["fp16_maps"]:
             maps = maps.astype(np.float16).astype(np.float32)
-        q = dense_crf(denormalize(image.float().cpu().numpy(), self.dhr["denorm"]), maps)
+        q = self.crf_pool.on_normalised([image.float().cpu().numpy()], [maps])[0]
         return kept.cpu()[torch.from_numpy(q.argmax(0))].to(torch.uint8)
 

@@ -10,26 +10,22 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from dhr.errors import DHRError
-from dhr.models.backbones import create_backbone
+from dhr.models.backbones import backbone_from_cfg
 from dhr.models.deeplabv3plus import DeepLabV3Plus
+from dhr.modules.base import DHRLightningModule
+from dhr.modules.optim import OptimConfig, poly_sgd
 from dhr.ops.inference import multiscale_probs
 from dhr.ops.metrics import scores_from_confusion
 
-DEFAULT_OPTIM = {"lr": 1e-3, "head_lr_mult": 10.0, "momentum": 0.9, "weight_decay": 4e-5, "poly_power": 0.9}
 
-
-def build_deeplabv3plus(*, num_classes: int, backbone: dict[str, Any], aspp_channels: int = 256,
-                        low_level_channels: int = 48, dropout: Sequence[float] = (0.5, 0.5, 0.1)) -> DeepLabV3Plus:
-    backbone = dict(backbone)
-    output_stride = int(backbone.pop("output_stride", 16))
-    name = backbone.pop("name")
-    net = create_backbone(name, output_stride=output_stride, **backbone)
+def build_deeplabv3plus(*, num_classes: int, backbone: dict[str, Any], aspp_channels: int,
+                        low_level_channels: int, dropout: Sequence[float]) -> DeepLabV3Plus:
+    net, output_stride = backbone_from_cfg(backbone)
     return DeepLabV3Plus(backbone=net, num_classes=num_classes, output_stride=output_stride,
                          aspp_channels=aspp_channels, low_level_channels=low_level_channels, dropout=dropout)
 
@@ -41,23 +37,26 @@ def legacy_nearest(mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(mask[:, None].float(), size=tuple(size), mode="nearest")[:, 0].long()
 
 
-class SegmentationModule(pl.LightningModule):
+class SegmentationModule(DHRLightningModule):
+    """Every value comes from ``conf/model/deeplabv3plus.yaml``; ``infer`` is set by whoever predicts."""
+
+    infer_keys: tuple[str, ...] = ("scales", "flip")  # the infer node's keys predict_step reads
+
     def __init__(
         self,
         *,
         num_classes: int,
         backbone: dict[str, Any],
-        ignore_index: int = 255,
-        aspp_channels: int = 256,
-        low_level_channels: int = 48,
-        dropout: Sequence[float] = (0.5, 0.5, 0.1),
-        optim: dict[str, float] | None = None,
-        infer: dict[str, Any] | None = None,
+        ignore_index: int,
+        aspp_channels: int,
+        low_level_channels: int,
+        dropout: Sequence[float],
+        optim: dict[str, float],
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.optim = {**DEFAULT_OPTIM, **(optim or {})}
-        self.infer = dict(infer or {"scales": [1.0], "flip": False})
+        self.optim = OptimConfig.from_cfg(optim)
+        self.infer: dict[str, Any] = {"scales": [1.0], "flip": False}  # single-scale until a predictor sets infer
         self.ignore_index = ignore_index
         self.net = build_deeplabv3plus(num_classes=num_classes, backbone=backbone, aspp_channels=aspp_channels,
                                        low_level_channels=low_level_channels, dropout=dropout)
@@ -74,8 +73,8 @@ class SegmentationModule(pl.LightningModule):
         loss = F.cross_entropy(logits, target, ignore_index=self.ignore_index)
         if not torch.isfinite(loss):
             raise DHRError(
-                f"training loss is {loss.item()} at step {self.global_step}: lower optim.lr "
-                f"(now {self.optim['lr']}), check the masks hold class ids < {self.hparams.num_classes} or "
+                f"training loss is {loss.item()} at step {self.global_step}: lower model.optim.lr "
+                f"(now {self.optim.lr}), check the masks hold class ids < {self.hparams.num_classes} or "
                 f"{self.ignore_index}, or use trainer.precision=32-true"
             )
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=logits.shape[0])
@@ -96,7 +95,7 @@ class SegmentationModule(pl.LightningModule):
 
     # -- prediction -----------------------------------------------------------------------------
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
-        probs = multiscale_probs(self.net, batch["image"], self.infer.get("scales", [1.0]), self.infer.get("flip", False))
+        probs = multiscale_probs(self.net, batch["image"], self.infer["scales"], self.infer["flip"])
         return {"id": batch["id"], "label": probs.argmax(1).to(torch.uint8).cpu()}
 
     # -- optimisation ---------------------------------------------------------------------------
@@ -105,17 +104,5 @@ class SegmentationModule(pl.LightningModule):
         return list(self.net.head.parameters())
 
     def configure_optimizers(self) -> dict[str, Any]:
-        o = self.optim
-        backbone = [p for p in self.net.backbone.parameters() if p.requires_grad]
-        head = [p for p in self.head_parameters() if p.requires_grad]
-        optimizer = torch.optim.SGD(
-            [{"params": backbone, "lr": o["lr"]}, {"params": head, "lr": o["lr"] * o["head_lr_mult"]}],
-            lr=o["lr"], momentum=o["momentum"], weight_decay=o["weight_decay"], nesterov=False,
-        )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        power = o["poly_power"]
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda t: max(0.0, 1.0 - t / total) ** power)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["dhr_module"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        return poly_sgd(self.net.backbone.parameters(), self.head_parameters(), self.optim,
+                        self.trainer.estimated_stepping_batches)

@@ -1,4 +1,11 @@
-"""Multi-scale + flip inference (``dhr-method.md`` §9 item 2), batched over the flip."""
+"""Multi-scale + flip inference, one implementation for segmentation, CAMs and USS features.
+
+``dhr-method.md`` §9 item 2 (segmentation), the CAM seeds of the built-in baseline and the CAUSE
+feature export (``cause-method.md`` §10) all do the same thing with different conventions: per
+scale, resize the image, run the image and its mirror as one batch, resize the output to a
+common size, un-mirror and add. :func:`multiscale_flip` does that; the callers choose the sizes
+and the corner convention.
+"""
 
 from __future__ import annotations
 
@@ -8,44 +15,60 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+SizeFn = Callable[[int, int, float], tuple[int, int]]
 
-def _resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+
+def scaled_size(h: int, w: int, s: float) -> tuple[int, int]:
+    """int(H s) x int(W s), the release's rule."""
+    return int(h * s), int(w * s)
+
+
+def resize(x: torch.Tensor, size: Sequence[int], align_corners: bool) -> torch.Tensor:
+    """Bilinear resize; a no-op at the same size (bilinear is the identity there either way)."""
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    return F.interpolate(x, size=size, mode="bilinear", align_corners=True)
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=align_corners)
 
 
 @torch.no_grad()
-def multiscale_probs(
-    net: Callable[[torch.Tensor], torch.Tensor],
-    image: torch.Tensor,
-    scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0),
-    flip: bool = True,
-) -> torch.Tensor:
-    """Averaged softmax maps (N, C, H, W) at the input size.
+def multiscale_flip(fn: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, scales: Sequence[float], *,
+                    flip: bool, align_corners: bool, input_size: SizeFn = scaled_size,
+                    out_size: Sequence[int] | None = None) -> tuple[torch.Tensor, int]:
+    """Sum over scales and flips of ``fn(resized image)`` (fp32) at ``out_size``, and the number of terms.
 
-    Per scale s: resize the image to int(H s) x int(W s), softmax, resize to the scale-1 logit
-    size, un-flip; average over scales and flips; resize to H x W. All resizes are bilinear with
-    align_corners=True and skipped when the size is unchanged.
+    ``out_size`` None: the size of the first scale's output. Every resize uses ``align_corners``.
     """
+    if not scales:
+        raise ValueError("multi-scale inference needs at least one scale")
     n, _, h, w = image.shape
-    base: tuple[int, int] | None = None
     total: torch.Tensor | None = None
     count = 0
-    for s in sorted(scales, key=lambda v: v != 1.0):  # scale 1.0 first: it fixes the logit size
-        size = (int(h * s), int(w * s))
-        x = _resize(image, size)
+    for s in scales:
+        x = resize(image, input_size(h, w, s), align_corners)
         if flip:
             x = torch.cat([x, x.flip(-1)])
-        probs = torch.softmax(net(x).float(), dim=1)
-        if base is None:
-            base = tuple(probs.shape[-2:]) if s == 1.0 else (math.ceil(h / 4), math.ceil(w / 4))
-        probs = _resize(probs, base)
+        y = fn(x).float()
+        if out_size is None:
+            out_size = tuple(y.shape[-2:])
+        y = resize(y, out_size, align_corners)
         if flip:
-            probs = probs[:n] + probs[n:].flip(-1)
-            count += 2
-        else:
-            count += 1
-        total = probs if total is None else total + probs
-    assert total is not None, "at least one scale is needed"
-    return _resize(total / count, (h, w))
+            y = y[:n] + y[n:].flip(-1)
+        count += 2 if flip else 1
+        total = y if total is None else total + y
+    assert total is not None
+    return total, count
+
+
+def multiscale_probs(net: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor,
+                     scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0), flip: bool = True) -> torch.Tensor:
+    """Averaged softmax maps (N, C, H, W) at the input size (§9 item 2).
+
+    Per scale: softmax of the logits, resized to the scale-1 logit size (stride 4 when 1.0 is not
+    among the scales), un-flipped; averaged; resized to H x W. Bilinear, align_corners=True.
+    """
+    h, w = image.shape[-2:]
+    ordered = sorted(scales, key=lambda v: v != 1.0)  # scale 1.0 first: it fixes the logit size
+    base = None if 1.0 in scales else (math.ceil(h / 4), math.ceil(w / 4))
+    total, count = multiscale_flip(lambda x: torch.softmax(net(x).float(), dim=1), image, ordered, flip=flip,
+                                   align_corners=True, out_size=base)
+    return resize(total / count, (h, w), True)

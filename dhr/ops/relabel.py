@@ -5,60 +5,108 @@ cosine heat-maps; Step 3 splits USS-similar classes with the WSS (C4/C5) feature
 globally, samples the maps at the crop's pixels and runs the dense CRF. Everything but the CRF
 is batched: classes are a fixed channel axis with a per-sample presence mask, cells a fixed
 g x g grid with a validity mask, and OT runs through :func:`dhr.ops.sinkhorn.sinkhorn_plan`
-with row/column masks. The CRF goes to a worker pool (``crf_map``).
+with row/column masks. The CRF goes to a worker pool (:class:`dhr.ops.crf.CRFPool`).
 
 Conventions: crop boxes are (y0, x0, y1, x1) on the S x S canvas; masks hold class ids and 255.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dhr.data.uss import ceil_to, working_grid  # noqa: F401 - working_grid is part of this API
-from dhr.ops.crf import denormalize
+from dhr.errors import DHRError
+from dhr.ops.crf import CRFPool, denormalize
 from dhr.ops.sinkhorn import sinkhorn_plan
+from dhr.utils.config import conf_node, from_mapping, merge
+from dhr.utils.grid import ceil_to, working_grid  # noqa: F401 - working_grid is part of this API
 
 IGNORE = 255
-CRFMap = Callable[[list[np.ndarray], list[np.ndarray]], list[np.ndarray]]
+WS_LAYERS = ("c2", "c3", "c4", "c5")
 
 
-@dataclass
-class RelabelConfig:
-    """The ``dhr.*`` switches of ``dhr-method.md`` §5.6 and §11."""
+@dataclass(frozen=True)
+class Step1Config:
+    """``model.dhr.step1``: how OT-restored seeds become labels (§5.2, §10 #7)."""
 
-    steps: Sequence[int] = (1, 2, 3)
-    tau: float = 0.8
-    uss_patch: int = 14
-    cam_eps: float = 1e-5
-    mm_eps: float = 1e-5
-    cell_scope: str = "valid"  # valid | all
-    bg_mode: str = "power"  # power | constant | official
-    bg_gamma: float = 2.0
-    bg_value: float | None = None
-    paste: str = "all"  # all | missing
-    global_ot: bool = True
-    ot: dict = field(default_factory=lambda: {"eps": 0.1, "max_iter": 100, "tol": 1e-2, "log_domain": False})
-    denorm: str = "truncate"
+    bg_mode: str  # power | constant | official
+    bg_gamma: float
+    bg_value: float | None
+    paste: str  # all | missing
 
     def __post_init__(self) -> None:
-        from dhr.errors import DHRError
-
-        self.steps = tuple(int(s) for s in self.steps)
-        if not set(self.steps) <= {1, 2, 3}:
-            raise DHRError(f"dhr.steps={list(self.steps)}: use a subset of [1, 2, 3]")
-        if self.cell_scope not in ("valid", "all"):
-            raise DHRError(f"dhr.cell_scope={self.cell_scope!r}: use valid or all")
         if self.bg_mode not in ("power", "constant", "official"):
-            raise DHRError(f"dhr.step1.bg_mode={self.bg_mode!r}: use power, constant or official")
+            raise DHRError(f"model.dhr.step1.bg_mode={self.bg_mode!r}: use power, constant or official")
         if self.bg_mode == "constant" and self.bg_value is None:
-            raise DHRError("dhr.step1.bg_mode=constant needs dhr.step1.bg_value (a background score in [0, 1])")
+            raise DHRError("model.dhr.step1.bg_mode=constant needs model.dhr.step1.bg_value (a background score in [0, 1])")
         if self.paste not in ("all", "missing"):
-            raise DHRError(f"dhr.step1.paste={self.paste!r}: use all or missing")
+            raise DHRError(f"model.dhr.step1.paste={self.paste!r}: use all or missing")
+
+
+@dataclass(frozen=True)
+class OTConfig:
+    """``model.dhr.ot``: the entropic Sinkhorn of §6."""
+
+    eps: float
+    max_iter: int
+    tol: float
+    log_domain: bool
+
+    def __post_init__(self) -> None:
+        if not self.eps > 0:
+            raise DHRError(f"model.dhr.ot.eps={self.eps!r}: use a positive number")
+        if not isinstance(self.max_iter, int) or self.max_iter < 1:
+            raise DHRError(f"model.dhr.ot.max_iter={self.max_iter!r}: use a whole number >= 1")
+
+
+@dataclass(frozen=True)
+class RelabelConfig:
+    """The ``model.dhr`` node (``conf/model/dhr.yaml``), 1:1: the switches of §5.6 and §11."""
+
+    enabled: bool
+    steps: tuple[int, ...]
+    tau: float
+    global_ot: bool
+    uss_name: str
+    uss_patch: int
+    ws_layers: tuple[str, ...]
+    cam_eps: float
+    mm_eps: float
+    cell_scope: str  # valid | all
+    step1: Step1Config
+    ot: OTConfig
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "steps", tuple(int(s) for s in self.steps))
+        object.__setattr__(self, "ws_layers", tuple(str(x) for x in self.ws_layers))
+        if not set(self.steps) <= {1, 2, 3}:
+            raise DHRError(f"model.dhr.steps={list(self.steps)}: use a subset of [1, 2, 3]")
+        if not isinstance(self.tau, (int, float)) or not 0.0 <= self.tau <= 1.0:
+            raise DHRError(f"model.dhr.tau={self.tau!r}: use a correlation threshold in [0, 1]")
+        if self.cell_scope not in ("valid", "all"):
+            raise DHRError(f"model.dhr.cell_scope={self.cell_scope!r}: use valid or all")
+        unknown = sorted(set(self.ws_layers) - set(WS_LAYERS))
+        if unknown:
+            raise DHRError(f"model.dhr.ws_layers has {unknown}; use backbone maps among {list(WS_LAYERS)}")
+        if not isinstance(self.uss_patch, int) or self.uss_patch < 1:
+            raise DHRError(f"model.dhr.uss_patch={self.uss_patch!r}: use the ViT patch size (a whole number)")
+        for key in ("cam_eps", "mm_eps"):
+            if getattr(self, key) < 0:
+                raise DHRError(f"model.dhr.{key}={getattr(self, key)!r}: use a floor >= 0")
+
+    @classmethod
+    def from_cfg(cls, cfg: Mapping[str, Any]) -> RelabelConfig:
+        return from_mapping(cls, cfg, "model.dhr")
+
+    @classmethod
+    def defaults(cls, **overrides: Any) -> RelabelConfig:
+        """``model.dhr`` of ``conf/model/dhr.yaml`` with ``overrides`` (nested dicts merge): outside Hydra."""
+        return cls.from_cfg(merge(conf_node("model/dhr.yaml", "model.dhr"), overrides))
 
 
 # -- grid geometry -------------------------------------------------------------------------------
@@ -162,12 +210,6 @@ def transport(maps: torch.Tensor, valid: torch.Tensor, classes: torch.Tensor, ot
 
 
 # -- CRF glue ------------------------------------------------------------------------------------
-def serial_crf_map(images: list[np.ndarray], probs: list[np.ndarray]) -> list[np.ndarray]:
-    from dhr.ops.crf import dense_crf
-
-    return [dense_crf(im, p) for im, p in zip(images, probs, strict=True)]
-
-
 def _crop_images(images: torch.Tensor, boxes: list[tuple[int, int, int, int]], denorm: str) -> list[np.ndarray]:
     arr = images.detach().float().cpu().numpy()
     return [denormalize(arr[i, :, y0:y1, x0:x1], denorm) for i, (y0, x0, y1, x1) in enumerate(boxes)]
@@ -202,7 +244,7 @@ def step1_cams(cams: torch.Tensor, tags: torch.Tensor, boxes: torch.Tensor, canv
         for i, (cy0, cx0, cy1, cx1) in enumerate(cell_boxes):
             inside[i, cy0:cy1, cx0:cx1] = True
         a = a.clone()
-        a[multi] = a[multi] * transport(a[multi], inside[multi], present[multi], cfg.ot)
+        a[multi] = a[multi] * transport(a[multi], inside[multi], present[multi], asdict(cfg.ot))
     return a, cell_boxes
 
 
@@ -216,7 +258,7 @@ def upsample_box(a: torch.Tensor, cell_box: tuple[int, int, int, int], box: tupl
 
 
 def step1(masks: torch.Tensor, cams: torch.Tensor, tags: torch.Tensor, images: torch.Tensor, boxes: torch.Tensor,
-          cfg: RelabelConfig, fg_ids: torch.Tensor, crf_map: CRFMap) -> torch.Tensor:
+          cfg: RelabelConfig, fg_ids: torch.Tensor, crf: CRFPool) -> torch.Tensor:
     """Paste OT-restored foreground seeds into ``masks`` (B, S, S); background/uncertain keeps the label."""
     a, cell_boxes = step1_cams(cams, tags, boxes, masks.shape[-1], cfg)
     out = masks.clone()
@@ -227,19 +269,19 @@ def step1(masks: torch.Tensor, cams: torch.Tensor, tags: torch.Tensor, images: t
         if len(fg) == 0:
             continue
         maps = upsample_box(a[i, fg], cell_boxes[i], box)
-        if cfg.bg_mode == "power":
-            bg = (1 - maps.amax(0, keepdim=True)).clamp_min(0) ** cfg.bg_gamma
+        if cfg.step1.bg_mode == "power":
+            bg = (1 - maps.amax(0, keepdim=True)).clamp_min(0) ** cfg.step1.bg_gamma
             maps = torch.cat([bg, maps])
-        elif cfg.bg_mode == "constant":
-            maps = torch.cat([torch.full_like(maps[:1], float(cfg.bg_value)), maps])
+        elif cfg.step1.bg_mode == "constant":
+            maps = torch.cat([torch.full_like(maps[:1], float(cfg.step1.bg_value)), maps])
         jobs.append(maps.cpu().numpy())
         where.append((i, fg.cpu()))
     if not jobs:
         return out
-    q_list = crf_map(_crop_images(images[[i for i, _ in where]], [box_list[i] for i, _ in where], cfg.denorm), jobs)
+    q_list = crf(_crop_images(images[[i for i, _ in where]], [box_list[i] for i, _ in where], crf.params.denorm), jobs)
     for (i, fg), q in zip(where, q_list, strict=True):
         y0, x0, y1, x1 = box_list[i]
-        if cfg.bg_mode == "official":
+        if cfg.step1.bg_mode == "official":
             q = np.concatenate([q, 1 - q.max(0, keepdims=True)])
             lut = torch.cat([fg_ids[fg], torch.tensor([IGNORE])])
         else:
@@ -247,7 +289,7 @@ def step1(masks: torch.Tensor, cams: torch.Tensor, tags: torch.Tensor, images: t
         new = lut[torch.from_numpy(q.argmax(0))].to(out.device)
         region = out[i, y0:y1, x0:x1]
         paste = new != IGNORE
-        if cfg.paste == "missing":
+        if cfg.step1.paste == "missing":
             paste &= ~torch.isin(new, torch.unique(region))
         region[paste] = new[paste]
     return out
@@ -284,12 +326,12 @@ def step23_maps(masks: torch.Tensor, uss: torch.Tensor, wss_feats: Sequence[torc
                 group = groups[:, i]
                 todo = group.sum(1) > 1
                 if bool(todo.any()):
-                    plan = transport(ws_heat[todo], valid[todo], group[todo], cfg.ot)
+                    plan = transport(ws_heat[todo], valid[todo], group[todo], asdict(cfg.ot))
                     heat[todo] = torch.where(group[todo][:, :, None, None], heat[todo] * plan, heat[todo])
     if cfg.global_ot:
         multi = present.sum(1) > 1
         if bool(multi.any()):
-            plan = transport(heat[multi], valid[multi], present[multi], cfg.ot)
+            plan = transport(heat[multi], valid[multi], present[multi], asdict(cfg.ot))
             heat[multi] = minmax(heat[multi] * plan, valid[multi], cfg.mm_eps) * present[multi][:, :, None, None]
     return heat, present
 
@@ -313,7 +355,7 @@ def sample_at_pixels(heat: torch.Tensor, valid: torch.Tensor, canvas: int) -> to
 
 
 def step23(masks: torch.Tensor, uss: torch.Tensor, wss_feats: Sequence[torch.Tensor], images: torch.Tensor,
-           boxes: torch.Tensor, num_classes: int, cfg: RelabelConfig, crf_map: CRFMap) -> torch.Tensor:
+           boxes: torch.Tensor, num_classes: int, cfg: RelabelConfig, crf: CRFPool) -> torch.Tensor:
     """Overwrite each crop with argmax CRF(image, H^dhr at its pixels) over its class set."""
     canvas, g = masks.shape[-1], uss.shape[-1]
     valid = valid_cells(boxes, canvas, g, cfg.cell_scope)
@@ -331,7 +373,7 @@ def step23(masks: torch.Tensor, uss: torch.Tensor, wss_feats: Sequence[torch.Ten
     pixels = sample_at_pixels(chosen, valid[todo], canvas).cpu()
     jobs = [pixels[k, : len(cls), y0:y1, x0:x1].numpy()
             for k, (i, cls) in enumerate(zip(todo, classes, strict=True)) for (y0, x0, y1, x1) in [box_list[i]]]
-    q_list = crf_map(_crop_images(images[todo], [box_list[i] for i in todo], cfg.denorm), jobs)
+    q_list = crf(_crop_images(images[todo], [box_list[i] for i in todo], crf.params.denorm), jobs)
     for i, cls, q in zip(todo, classes, q_list, strict=True):
         y0, x0, y1, x1 = box_list[i]
         out[i, y0:y1, x0:x1] = cls.cpu()[torch.from_numpy(q.argmax(0))].to(out.device)
@@ -347,21 +389,33 @@ class RelabelResult:
 @torch.no_grad()
 def relabel(masks: torch.Tensor, *, cams: torch.Tensor, tags: torch.Tensor, images: torch.Tensor, boxes: torch.Tensor,
             uss: torch.Tensor | None, wss_feats: Sequence[torch.Tensor], num_classes: int, background_id: int | None,
-            cfg: RelabelConfig, crf_map: CRFMap = serial_crf_map) -> RelabelResult:
-    """The whole §5.5 pseudo-code for a batch; returns the rebuilt masks and per-step change counts."""
+            cfg: RelabelConfig, crf: CRFPool) -> RelabelResult:
+    """The whole §5.5 pseudo-code for a batch; returns the rebuilt masks and per-step change counts.
+
+    Always fp32: autocast is switched off inside (Lightning's ``16-mixed`` wraps ``training_step``)
+    and half-precision inputs (CAMs, C4/C5 of an autocast forward) are promoted first, so the
+    masks do not depend on the trainer's precision.
+    """
+    with torch.autocast(device_type=masks.device.type, enabled=False):
+        return _relabel_fp32(masks, cams=cams.float(), tags=tags.float(), images=images.float(), boxes=boxes,
+                             uss=None if uss is None else uss.float(), wss_feats=[f.float() for f in wss_feats],
+                             num_classes=num_classes, background_id=background_id, cfg=cfg, crf=crf)
+
+
+def _relabel_fp32(masks: torch.Tensor, *, cams: torch.Tensor, tags: torch.Tensor, images: torch.Tensor,
+                  boxes: torch.Tensor, uss: torch.Tensor | None, wss_feats: Sequence[torch.Tensor], num_classes: int,
+                  background_id: int | None, cfg: RelabelConfig, crf: CRFPool) -> RelabelResult:
     fg_ids = torch.tensor([c for c in range(num_classes) if c != background_id], dtype=torch.long)
     changed: dict[str, torch.Tensor] = {}
     current = masks
     if 1 in cfg.steps:
-        new = step1(current, cams, tags, images, boxes, cfg, fg_ids, crf_map)
+        new = step1(current, cams, tags, images, boxes, cfg, fg_ids, crf)
         changed["step1"] = (new != current).flatten(1).sum(1)
         current = new
     if 2 in cfg.steps:
         if uss is None:
-            from dhr.errors import DHRError
-
-            raise DHRError("dhr.steps includes 2 but the batch has no USS features; export them with dhr.features")
-        new = step23(current, uss, wss_feats, images, boxes, num_classes, cfg, crf_map)
+            raise DHRError("model.dhr.steps includes 2 but the batch has no USS features; export them with dhr.features")
+        new = step23(current, uss, wss_feats, images, boxes, num_classes, cfg, crf)
         changed["step23"] = (new != current).flatten(1).sum(1)
         current = new
     return RelabelResult(current, changed)

@@ -15,7 +15,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from dhr.ops.crf import dense_crf_many  # noqa: E402
+from dhr.ops.crf import CRFParams, dense_crf_many  # noqa: E402
 
 
 def make_inputs(n: int, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -39,7 +39,7 @@ def main() -> None:
     rates = {}
     for processes in (1, cores):
         t0 = time.perf_counter()
-        out = dense_crf_many(images, probs, processes=processes)
+        out = dense_crf_many(images, probs, CRFParams.defaults(processes=processes))
         rates[processes] = args.images / (time.perf_counter() - t0)
         assert len(out) == args.images
     print(f"dense CRF, 500x375, 21 labels, 10 iterations, {args.images} images")

@@ -18,7 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -26,8 +25,9 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from dhr.ops import relabel as R  # noqa: E402
-from dhr.ops.crf import dense_crf, dense_crf_many  # noqa: E402
-from tests.reference_relabel import blank_outside_boxes, reference_relabel  # noqa: E402
+from dhr.ops.crf import CRFParams, CRFPool, PassThroughCRF  # noqa: E402
+from dhr.reference.batches import blank_outside_boxes  # noqa: E402
+from dhr.reference.relabel import reference_relabel  # noqa: E402
 
 
 def make_batch(b: int, s: int, seed: int = 0) -> dict:
@@ -64,16 +64,12 @@ def make_batch(b: int, s: int, seed: int = 0) -> dict:
                 num_classes=num_classes, background_id=0)
 
 
-def argmax_only(images: list[np.ndarray], probs: list[np.ndarray]) -> list[np.ndarray]:
-    """Stand-in for the CRF: Q = the input maps (so the winner is their argmax)."""
-    return [p.astype(np.float32) for p in probs]
-
-
-def run_reference(batch: dict, cfg: R.RelabelConfig, crf) -> None:
+def run_reference(batch: dict, cfg: R.RelabelConfig, params: CRFParams, crf) -> None:
     for i in range(len(batch["masks"])):
         reference_relabel(batch["masks"][i].numpy(), batch["cams"][i].numpy(), batch["tags"][i].numpy(),
                           batch["images"][i].numpy(), batch["boxes"][i].tolist(), batch["uss"][i].numpy(),
-                          [f[i].contiguous().numpy() for f in batch["wss_feats"]], batch["num_classes"], 0, cfg, crf=crf)
+                          [f[i].contiguous().numpy() for f in batch["wss_feats"]], batch["num_classes"], 0, cfg,
+                          params, crf=crf)
 
 
 def best_of(fn, repeats: int) -> float:
@@ -93,24 +89,27 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     batch = make_batch(args.batch, args.size)
-    cfg = R.RelabelConfig()
+    cfg = R.RelabelConfig.defaults()
+    params = CRFParams.defaults()
     dev = torch.device(args.device)
     on_dev = {k: ([t.to(dev) for t in v] if isinstance(v, list) else v.to(dev) if torch.is_tensor(v) else v)
               for k, v in batch.items()}
 
     def batched(crf) -> None:
-        R.relabel(cfg=cfg, crf_map=crf, **on_dev)
+        R.relabel(cfg=cfg, crf=crf, **on_dev)
         if dev.type == "cuda":
             torch.cuda.synchronize()
 
-    batched(argmax_only)  # warm-up
-    fast = best_of(lambda: batched(argmax_only), args.repeats)
-    slow = best_of(lambda: run_reference(batch, cfg, lambda im, p: p), 1)
+    no_crf = PassThroughCRF(params)
+    batched(no_crf)  # warm-up
+    fast = best_of(lambda: batched(no_crf), args.repeats)
+    slow = best_of(lambda: run_reference(batch, cfg, params, lambda im, p: p), 1)
     print(f"relabelling without CRF, {args.batch} crops of {args.size}: reference {slow:.2f} s/batch, "
           f"batched ({args.device}) {fast:.3f} s/batch, ratio {slow / fast:.1f}x")
     cores = os.cpu_count() or 1
-    pooled = best_of(lambda: batched(lambda im, p: dense_crf_many(im, p, processes=cores)), 1)
-    serial = best_of(lambda: batched(lambda im, p: [dense_crf(a, b) for a, b in zip(im, p, strict=True)]), 1)
+    with CRFPool(CRFParams.defaults(processes=cores)) as pool:
+        pooled = best_of(lambda: batched(pool), 1)
+    serial = best_of(lambda: batched(CRFPool(CRFParams.defaults(processes=1))), 1)
     slow_crf = slow + (serial - fast)  # the reference calls the same CRF serially
     print(f"with the dense CRF: reference {slow_crf:.2f} s/batch, batched + serial CRF {serial:.2f} s/batch, "
           f"batched + CRF pool of {cores} {pooled:.2f} s/batch, ratio {slow_crf / pooled:.1f}x")

@@ -1,8 +1,11 @@
-"""A literal, slow reference of DHR's relabelling written from ``dhr-method.md`` §5-6.
+"""A literal, slow reference of DHR's relabelling written from ``dhr-method.md`` §5-7.
 
-One sample at a time, per-cell Python loops, numpy float64, OpenCV for the vote resize and
-PyTorch's own ``F.interpolate`` for the two library resizes. Used only to check the batched
-implementation in :mod:`dhr.ops.relabel` and as the baseline of ``scripts/bench/relabel.py``.
+One sample at a time, per-cell Python loops, numpy float64, OpenCV for the vote resize,
+PyTorch's own ``F.interpolate`` for the two library resizes, and pydensecrf called directly
+with the release's de-normalisation (float64, truncation) written out here. It imports nothing
+from the rest of ``dhr``, so it cannot inherit a defect of the code it checks. Used by the
+tests of :mod:`dhr.ops.relabel` and as the baseline of ``scripts/bench/relabel.py``; ``cfg`` and
+``crf_params`` are read by attribute only (any object with the spec's fields).
 """
 
 from __future__ import annotations
@@ -14,9 +17,28 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dhr.ops.crf import denormalize, dense_crf
-
 IGNORE = 255
+RELEASE_MEAN = [0.485, 0.456, 0.406]  # Python lists, as the release keeps them
+RELEASE_STD = [0.229, 0.224, 0.225]
+
+
+def release_denormalize(image_chw: np.ndarray) -> np.ndarray:
+    """§5.1: (x * std + mean) * 255 on the float32 array with list mean/std (numpy: float64), truncated."""
+    x = np.asarray(image_chw, dtype=np.float32).transpose(1, 2, 0)
+    x = (x * RELEASE_STD + RELEASE_MEAN) * 255  # float32 array times a list: float64 arithmetic
+    return np.ascontiguousarray(np.clip(x, 0, 255).astype(np.uint8))  # astype truncates toward zero
+
+
+def release_crf(image: np.ndarray, probs: np.ndarray, p) -> np.ndarray:
+    """§7 with pydensecrf: unary -log(clip(P)), Gaussian and bilateral Potts terms, mean field."""
+    import pydensecrf.densecrf as dcrf
+
+    c, h, w = probs.shape
+    crf = dcrf.DenseCRF2D(w, h, c)
+    crf.setUnaryEnergy(np.ascontiguousarray(-np.log(np.clip(probs, p.clip, 1.0)).reshape(c, -1).astype(np.float32)))
+    crf.addPairwiseGaussian(sxy=p.gauss_sxy, compat=p.gauss_compat)
+    crf.addPairwiseBilateral(sxy=p.bilateral_sxy, srgb=p.bilateral_srgb, rgbim=image, compat=p.bilateral_compat)
+    return np.asarray(crf.inference(p.iterations), dtype=np.float32).reshape(c, h, w)
 
 
 def ceil_to(x: int, m: int) -> int:
@@ -97,7 +119,7 @@ def ot_on_cells(maps: np.ndarray, valid: np.ndarray, cfg) -> np.ndarray:
     """Plan (N, g, g) of OT over the valid cells of (N, g, g) maps."""
     cells = np.argwhere(valid)
     s = np.stack([maps[:, r, c] for r, c in cells])
-    plan = ot_plan(s, **{k: cfg.ot[k] for k in ("eps", "max_iter", "tol")})
+    plan = ot_plan(s, cfg.ot.eps, cfg.ot.max_iter, cfg.ot.tol)
     out = np.zeros_like(maps)
     for (r, c), row in zip(cells, plan, strict=True):
         out[:, r, c] = row
@@ -129,13 +151,19 @@ def bilinear_at_pixels(maps: np.ndarray, valid: np.ndarray, box, s: int) -> np.n
     return out
 
 
-def reference_relabel(mask, cam, tag, image, box, uss, wss, num_classes, background_id, cfg, crf=dense_crf):
-    """One sample: (S, S) int mask, (C_fg, h, w) CAM, (C_fg,) tags, (3, S, S) image, box, (D, g, g) USS, [C4, C5]."""
+def reference_relabel(mask, cam, tag, image, box, uss, wss, num_classes, background_id, cfg, crf_params, crf=None):
+    """One sample: (S, S) int mask, (C_fg, h, w) CAM, (C_fg,) tags, (3, S, S) image, box, (D, g, g) USS, [C4, C5].
+
+    ``crf(image_uint8, probs)`` replaces the CRF (benchmarks time the rest without it).
+    """
+    if crf is None:
+        def crf(im, p):
+            return release_crf(im, p, crf_params)
     s = mask.shape[0]
     mask = mask.copy()
     y0, x0, y1, x1 = box
     fg_ids = [c for c in range(num_classes) if c != background_id]
-    crop_image = denormalize(image[:, y0:y1, x0:x1], cfg.denorm)
+    crop_image = release_denormalize(image[:, y0:y1, x0:x1])
     if 1 in cfg.steps:
         a = np.maximum(cam.astype(np.float64), 0)
         a = a / np.maximum(a.max(axis=(1, 2), keepdims=True), cfg.cam_eps) * tag[:, None, None]
@@ -146,16 +174,16 @@ def reference_relabel(mask, cam, tag, image, box, uss, wss, num_classes, backgro
             cy1, cx1 = min(max(y1 * h // s, cy0 + 1), h), min(max(x1 * w // s, cx0 + 1), w)
             af = a[present][:, cy0:cy1, cx0:cx1]
             if len(present) > 1:
-                plan = ot_plan(af.reshape(len(present), -1).T, **{k: cfg.ot[k] for k in ("eps", "max_iter", "tol")})
+                plan = ot_plan(af.reshape(len(present), -1).T, cfg.ot.eps, cfg.ot.max_iter, cfg.ot.tol)
                 af = af * plan.T.reshape(af.shape)
             up = F.interpolate(torch.tensor(af, dtype=torch.float32)[None], size=(y1 - y0, x1 - x0), mode="nearest")[0].numpy()
-            if cfg.bg_mode == "official":
+            if cfg.step1.bg_mode == "official":
                 q = crf(crop_image, up)
                 q = np.concatenate([q, 1 - q.max(0, keepdims=True)])
                 lut = [fg_ids[k] for k in present] + [IGNORE]
             else:
-                bg = np.clip(1 - up.max(0, keepdims=True), 0, None) ** cfg.bg_gamma if cfg.bg_mode == "power" \
-                    else np.full_like(up[:1], cfg.bg_value)
+                bg = np.clip(1 - up.max(0, keepdims=True), 0, None) ** cfg.step1.bg_gamma if cfg.step1.bg_mode == "power" \
+                    else np.full_like(up[:1], cfg.step1.bg_value)
                 q = crf(crop_image, np.concatenate([bg, up]).astype(np.float32))
                 lut = [IGNORE] + [fg_ids[k] for k in present]
             new = np.asarray(lut)[q.argmax(0)]
@@ -163,7 +191,7 @@ def reference_relabel(mask, cam, tag, image, box, uss, wss, num_classes, backgro
             before = set(np.unique(region).tolist())
             for yy in range(y1 - y0):
                 for xx in range(x1 - x0):
-                    if new[yy, xx] != IGNORE and (cfg.paste == "all" or new[yy, xx] not in before):
+                    if new[yy, xx] != IGNORE and (cfg.step1.paste == "all" or new[yy, xx] not in before):
                         region[yy, xx] = new[yy, xx]
     if 2 not in cfg.steps:
         return mask
@@ -196,13 +224,3 @@ def reference_relabel(mask, cam, tag, image, box, uss, wss, num_classes, backgro
     q = crf(crop_image, pixels.astype(np.float32))
     mask[y0:y1, x0:x1] = np.asarray(classes)[q.argmax(0)]
     return mask
-
-
-def blank_outside_boxes(masks: torch.Tensor, images: torch.Tensor, boxes: torch.Tensor) -> None:
-    """Make random batches look padded: mask 255 and image 0 outside each crop box (in place)."""
-    s = masks.shape[-1]
-    for i, (y0, x0, y1, x1) in enumerate(boxes.tolist()):
-        outside = torch.ones(s, s, dtype=torch.bool)
-        outside[y0:y1, x0:x1] = False
-        masks[i][outside] = IGNORE
-        images[i][:, outside] = 0

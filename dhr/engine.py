@@ -1,0 +1,70 @@
+"""What the entry points share: predict a split into palette PNGs, and score a folder against GT.
+
+``dhr.train`` (evaluation after fit) and ``dhr.predict`` both call these, so neither imports
+the other. Layer: below the entry points, above modules and callbacks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from dhr.errors import DHRError
+
+
+def check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Never overwrite earlier results silently."""
+    if out_dir.is_dir() and any(out_dir.glob("*.png")) and not overwrite:
+        raise DHRError(f"{out_dir} already holds predictions; choose another out_dir or pass overwrite=true")
+
+
+def configure_inference(module: Any, infer: DictConfig, crf: DictConfig | None) -> None:
+    """Give ``module`` the ``infer`` node (checked for the keys it reads) and, when it runs CRFs, the ``crf`` node."""
+    values = OmegaConf.to_container(infer, resolve=True)
+    missing = [k for k in getattr(module, "infer_keys", ()) if k not in values]
+    if missing:
+        raise DHRError(f"infer.{missing[0]} is not set but {type(module).__name__} needs it; add the model's config "
+                       f"group (e.g. model=cam or model=dhr) to the command")
+    module.infer = values
+    if crf is not None and getattr(module, "crf_pool", None) is not None:
+        from dhr.ops.crf import CRFParams
+
+        module.set_crf(CRFParams.from_cfg(OmegaConf.to_container(crf, resolve=True)))
+
+
+def predict_to_folder(module: Any, datamodule: Any, trainer_cfg: DictConfig, out_dir: Path,
+                      out_dirs: dict[str, Path] | None = None) -> int:
+    """Predict ``datamodule.predict_split`` into ``out_dir`` (or ``out_dirs`` per output); returns the image count.
+
+    Call :func:`configure_inference` first.
+    """
+    from hydra.utils import instantiate
+
+    from dhr.callbacks.prediction_writer import PaletteWriter
+
+    writer = PaletteWriter(out_dir, datamodule.info.palette_array, out_dirs)
+    overrides = dict(callbacks=[writer], logger=False, enable_checkpointing=False, max_epochs=1)
+    cfg = OmegaConf.to_container(trainer_cfg, resolve=True)
+    for key in ("fast_dev_run", "limit_train_batches", "limit_val_batches", "overfit_batches", "strategy", "sync_batchnorm"):
+        cfg.pop(key, None)
+    cfg["devices"] = 1  # one process: outputs of a spawned pool would not come back
+    trainer = instantiate(cfg, **overrides)
+    trainer.predict(module, datamodule=datamodule, return_predictions=False)
+    return writer.written
+
+
+def evaluate_split(datamodule: Any, pred_dir: Path, split: str, tag: str) -> dict[str, Any]:
+    """Score ``pred_dir`` against the split's GT with the official metric; prints the table, writes a JSON beside it."""
+    from dhr.ops.evaluation import evaluate_folder
+    from dhr.ops.report import report_result
+    from dhr.utils.io import atomic_write_json
+
+    info = datamodule.info
+    result = evaluate_folder(pred_dir, datamodule.layout.mask_dir(split), num_classes=info.num_classes,
+                             ignore_index=info.ignore_index, background_id=info.background_id,
+                             skip_background_only=not info.eval_background_only)
+    out = report_result(result, info.classes, tag, title=f"{tag}: {info.name}/{info.split_dir_name(split)}")
+    atomic_write_json(pred_dir.parent / f"{pred_dir.name}_scores.json", out)
+    return out

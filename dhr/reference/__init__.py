@@ -1,0 +1,1 @@
+"""Literal references of the release arithmetic, independent of the code they check (tests, benchmarks)."""
