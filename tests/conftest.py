@@ -79,16 +79,52 @@ def _clear_hydra():
     GlobalHydra.instance().clear()
 
 
-def model_hparams(option: str, overrides: list[str] | None = None, **replace) -> dict:
-    """The resolved ``model`` node of ``dhr.train model=<option>`` (what the module is built from), minus
-    ``_target_``/``_convert_``, with ``replace`` applied on top: tests build modules from conf/, never from
-    defaults of their own."""
+def model_node(option: str, overrides: list[str] | None = None) -> dict:
+    """The resolved ``model`` node of ``dhr.train model=<option>`` (with its ``_target_``)."""
     from omegaconf import OmegaConf
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"model={option}", *(overrides or [])])
-    node = OmegaConf.to_container(cfg.model, resolve=True)
+    return OmegaConf.to_container(cfg.model, resolve=True)
+
+
+def model_hparams(option: str, overrides: list[str] | None = None, **replace) -> dict:
+    """What the module of ``model=<option>`` is built from (the node minus ``_target_``/``_convert_``), with
+    ``replace`` on top: tests build modules from conf/, never from defaults of their own."""
+    node = model_node(option, overrides)
     for key in ("_target_", "_convert_"):
         node.pop(key, None)
     return {**node, **replace}
+
+
+@pytest.fixture(scope="session")
+def dhr_inputs(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Erased-minor seeds and random 6-d 'USS' maps of the exporter's shape (patch 8)."""
+    import json
+
+    import torch
+
+    from dhr.data.synthetic import write_erased_seeds
+    from dhr.data.uss import feature_grid
+    from dhr.utils.io import read_rgb
+    wss = tmp_path_factory.mktemp("wss")
+    seeds = wss / "SYNTH" / "ERASED" / "train"
+    assert write_erased_seeds(synth_root / "SYNTH" / "train" / "mask", seeds) == 24
+    uss = synth_root / "SYNTH" / "train" / "CAUSE_TEST"
+    uss.mkdir(exist_ok=True)
+    g = torch.Generator().manual_seed(0)
+    for image in sorted((synth_root / "SYNTH" / "train" / "image").glob("*")):
+        with read_rgb(image) as im:
+            h, w = im.height, im.width
+        torch.save(torch.randn(6, *feature_grid(h, w, 8), generator=g).half(), uss / f"{image.stem}.pt")
+    (uss / "manifest.json").write_text(json.dumps({"patch": 8}))
+    return seeds, uss
+
+
+def dhr_overrides(synth_root: Path, seeds: Path, *extra: str) -> list[str]:
+    """``model=dhr`` on the tiny set with the erased seeds and the test USS maps."""
+    return [*tiny_train_overrides(synth_root), "experiment=synthetic_dhr", "wss=folder", f"wss.path={seeds}", "model.dhr.uss_name=CAUSE_TEST",
+            "crf.processes=1", "model.dhr.tau=0.0", *extra]  # tau 0: every class pair forms a Step-3 group
+
+

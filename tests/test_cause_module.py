@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
@@ -85,8 +86,8 @@ def test_tiny_three_stage_fit_logs_uss_metrics_and_compares_with_kmeans(tmp_path
     for stage in ("clusterbook", "head", "probe"):
         assert (tmp_path / "run" / "checkpoints" / stage / "last.ckpt").is_file()
         assert (tmp_path / "run" / "checkpoints" / stage / "done").is_file()
-    assert 0 <= metrics["val/uss_mIoU"] <= 100 and 0 <= metrics["uss/kmeans_mIoU"] <= 100
-    assert 0 <= metrics["uss/cause_crf_mIoU"] <= 100  # flip + dense CRF variant reported too
+    for key in ("val/uss_mIoU", "uss/kmeans_mIoU", "uss/cause_crf_mIoU"):  # the CRF variant is reported too
+        assert np.isfinite(metrics[key]) and metrics[key] > 0, key  # background alone matches: never 0
     # k-means is a mean over several seeds, with its spread and best draw
     assert metrics["uss/kmeans_mIoU_std"] >= 0 and metrics["uss/kmeans_mIoU_best"] >= metrics["uss/kmeans_mIoU"]
     assert "k-means on frozen backbone tokens over 3 seeds" in capsys.readouterr().out
@@ -160,7 +161,7 @@ def test_ddp_on_cpu_keeps_replicas_identical(tmp_path, synth_root):
     from dhr.data.cause_data import CauseDataModule
     from dhr.data.synthetic import SYNTH_CLASSES
 
-    dataset = {"name": "SYNTH", "classes": list(SYNTH_CLASSES), "splits": {"val": "validation"}}
+    dataset = {"name": "SYNTH", "classes": list(SYNTH_CLASSES), "splits": {"val": "validation"}, "background_id": 0}
     for stage in ("head", "probe"):
         module = tiny_module(stage=stage, num_classes=9, resolution=64)
         data = CauseDataModule(data_root=str(synth_root), dataset=dataset, val_split=None, resolution=64,

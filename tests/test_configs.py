@@ -11,7 +11,8 @@ from dhr.data.layout import DatasetInfo
 
 GROUPS = {
     group: sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
-    for group in ("dataset", "backbone", "trainer", "logger", "debug", "experiment", "model")
+    for group in ("dataset", "recipe", "crf", "backbone", "trainer", "logger", "debug", "experiment", "model", "wss",
+                  "callbacks", "infer")  # data: chosen by the model
 }
 
 
@@ -24,10 +25,64 @@ def test_train_config_composes_and_resolves(tmp_path, group, option):
         assert cfg.data.batch_size == cfg.recipe.batch_size
 
 
-@pytest.mark.parametrize("name", ["predict", "evaluate"])
-def test_other_entry_points_compose(tmp_path, name):
-    cfg = compose_cfg(name, ["pred=x"] if name == "evaluate" else ["ckpt=y"], tmp_path)
-    OmegaConf.resolve(cfg)
+def test_other_entry_points_compose(tmp_path):
+    predict = compose_cfg("predict", ["ckpt=y", "dataset=voc", "crf.bilateral_sxy=50"], tmp_path)
+    OmegaConf.resolve(predict)
+    assert predict.ckpt == "y" and list(predict.infer.scales) == [1.0, 0.5, 1.5, 2.0]  # the VOC recipe's scales
+    assert predict.crf.bilateral_sxy == 50
+    evaluate = compose_cfg("evaluate", ["pred=x", "dataset=coco"], tmp_path)
+    OmegaConf.resolve(evaluate)
+    assert evaluate.pred == "x" and evaluate.dataset.name == "COCO2014"
+    features = compose_cfg("features", ["ckpt=z"], tmp_path)
+    OmegaConf.resolve(features)
+    assert features.backbone.name == "vit_small_patch8_224"
+
+
+def test_every_dataset_has_a_recipe_and_picks_it(tmp_path):
+    for option in GROUPS["dataset"]:
+        cfg = compose_cfg("train", [f"dataset={option}"], tmp_path)
+        expected = OmegaConf.load(CONFIG_DIR / "recipe" / f"{option.removesuffix('_sample')}.yaml")
+        assert cfg.recipe.crop_size == expected.crop_size and cfg.recipe.max_epochs == expected.max_epochs, option
+    cfg = compose_cfg("train", ["dataset=voc", "recipe=synthetic", "recipe.lr=0.5"], tmp_path)
+    assert cfg.recipe.crop_size == 96 and cfg.model.optim.lr == 0.5
+
+
+def test_dhr_switches_live_under_model_dhr_and_sweep(tmp_path):
+    import subprocess
+    import sys
+
+    cfg = compose_cfg("train", ["model=dhr", "model.dhr.tau=0.5", "model.dhr.step1.bg_mode=official"], tmp_path)
+    assert cfg.model.dhr.tau == 0.5 and cfg.model.dhr.step1.bg_mode == "official" and "dhr" not in cfg
+    from dhr.ops.relabel import RelabelConfig
+
+    parsed = RelabelConfig.from_cfg(OmegaConf.to_container(cfg.model.dhr, resolve=True))
+    assert parsed.tau == 0.5 and parsed.step1.bg_mode == "official"
+    shown = subprocess.run([sys.executable, "-m", "dhr.train", "model=dhr", "model.dhr.tau=0.5", "--cfg", "job"],
+                           capture_output=True, text=True, timeout=120, check=True).stdout
+    assert OmegaConf.create(shown).model.dhr.tau == 0.5
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    sweep = OverridesParser.create().parse_overrides(["model.dhr.tau=0.6,0.8"])[0]
+    values = [float(v) for v in sweep.sweep_iterator()]
+    assert values == [0.6, 0.8]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        for tau in values:  # each job of `-m model.dhr.tau=0.6,0.8` composes
+            assert compose("train", overrides=["model=dhr", f"model.dhr.tau={tau}"]).model.dhr.tau == tau
+
+
+def test_every_config_default_maps_onto_its_dataclass():
+    from dhr.modules.optim import OptimConfig
+    from dhr.ops.crf import CRFParams
+    from dhr.ops.relabel import RelabelConfig
+    from dhr.utils.config import conf_node
+
+    assert RelabelConfig.defaults().tau == conf_node("model/dhr.yaml", "model.dhr")["tau"]
+    assert CRFParams.defaults().bilateral_sxy == conf_node("crf/default.yaml")["bilateral_sxy"]
+    for model in ("deeplabv3plus", "cam", "dhr"):
+        node = conf_node(f"model/{model}.yaml")
+        optim = dict((node.get("model") or node)["optim"], lr=0.01)  # lr interpolates the recipe
+        assert OptimConfig.from_cfg(optim).head_lr_mult == 10.0
 
 
 @pytest.mark.parametrize("name,classes,background,first", [

@@ -3,40 +3,14 @@ feature files, training with the online relabelling, DHR masks written by dhr.pr
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
-from conftest import TEST_ACCELERATOR, compose_cfg, tiny_train_overrides
+from conftest import TEST_ACCELERATOR, compose_cfg, dhr_overrides, tiny_train_overrides
 
-from dhr.data.synthetic import MINOR_IDS, write_erased_seeds
-from dhr.data.uss import feature_grid
+from dhr.data.synthetic import MINOR_IDS
 from dhr.errors import DHRError
-from dhr.utils.io import read_label_png, read_rgb
-
-
-@pytest.fixture(scope="module")
-def dhr_inputs(synth_root, tmp_path_factory):
-    """Erased-minor seeds and random 6-d 'USS' maps of the exporter's shape (patch 8)."""
-    wss = tmp_path_factory.mktemp("wss")
-    seeds = wss / "SYNTH" / "ERASED" / "train"
-    assert write_erased_seeds(synth_root / "SYNTH" / "train" / "mask", seeds) == 24
-    uss = synth_root / "SYNTH" / "train" / "CAUSE_TEST"
-    uss.mkdir(exist_ok=True)
-    g = torch.Generator().manual_seed(0)
-    for image in sorted((synth_root / "SYNTH" / "train" / "image").glob("*")):
-        with read_rgb(image) as im:
-            h, w = im.height, im.width
-        torch.save(torch.randn(6, *feature_grid(h, w, 8), generator=g).half(), uss / f"{image.stem}.pt")
-    (uss / "manifest.json").write_text(json.dumps({"patch": 8}))
-    return seeds, uss
-
-
-def dhr_overrides(synth_root, seeds, *extra):
-    base = [o for o in tiny_train_overrides(synth_root)]
-    return [*base, "experiment=synthetic_dhr", "wss=folder", f"wss.path={seeds}", "model.dhr.uss_name=CAUSE_TEST",
-            "crf.processes=1", "model.dhr.tau=0.0", *extra]  # tau 0: every class pair forms a Step-3 group
+from dhr.utils.io import read_label_png
 
 
 def test_erased_seeds_lose_exactly_the_minor_classes(dhr_inputs, synth_root):

@@ -15,8 +15,8 @@ def _run(args: list[str]) -> subprocess.CompletedProcess:
 
 
 def test_pretrained_weights_load_as_backbone_and_are_never_overwritten(tmp_path, synth_root):
+    from dhr.models.dense_swav import balanced_assignment, correspondence
     from dhr.models.vit import FrozenViT
-    from scripts.pretrain_vit import balanced_assignment, correspondence
 
     gen = ",".join(f"{k}:{v}" for k, v in TINY_SYNTH.items())
     out = tmp_path / "tiny.pth"
