@@ -33,6 +33,7 @@ from hydra.utils import instantiate  # noqa: E402
 from dhr.conf_path import CONFIG_DIR  # noqa: E402
 from dhr.ops.hungarian import hungarian_scores  # noqa: E402
 from dhr.ops.kmeans import spherical_kmeans  # noqa: E402
+from dhr.utils.checkpoint import model_weights, read_checkpoint  # noqa: E402
 
 ARGS = ("ckpt", "over")
 
@@ -78,8 +79,8 @@ def main() -> None:
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["experiment=synthetic_cause", *overrides])
     module = instantiate(cfg.model)
-    state = torch.load(args["ckpt"], map_location="cpu", weights_only=True)
-    module.load_state_dict(state["state_dict"])  # strict: a checkpoint of another config fails here
+    state = read_checkpoint(args["ckpt"])
+    module.load_state_dict(model_weights(state, args["ckpt"], prefer_ema=False))  # strict: another config fails here
     module.eval()
     over = int(args.get("over", 64))
     datamodule = instantiate(cfg.data)

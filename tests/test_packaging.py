@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tomllib
 
 import pytest
+import tomllib
 from conftest import REPO
 
 
@@ -19,10 +19,16 @@ def test_the_package_list_covers_every_subpackage():
 
 @pytest.mark.slow
 def test_a_non_editable_install_composes_every_experiment_from_elsewhere(tmp_path):
-    target, elsewhere = tmp_path / "site", tmp_path / "elsewhere"
+    import shutil
+
+    source, target, elsewhere = tmp_path / "src", tmp_path / "site", tmp_path / "elsewhere"
     elsewhere.mkdir()
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md", "dhr", "conf"):  # a copy: the build writes build/ beside the source
+        copy = shutil.copytree if (REPO / name).is_dir() else shutil.copy
+        copy(REPO / name, source / name, **({"ignore": shutil.ignore_patterns("__pycache__")} if copy is shutil.copytree else {}))
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(REPO)], check=True, capture_output=True, timeout=300)
+                    "--target", str(target), str(source)], check=True, capture_output=True, timeout=300)
     env = {**os.environ, "PYTHONPATH": str(target)}
 
     def dhr_train(*args: str) -> str:

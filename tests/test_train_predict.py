@@ -34,7 +34,9 @@ def test_fit_writes_checkpoints_ema_and_evaluates_val(tmp_path, synth_root, caps
     assert label.shape == gt.shape and set(np.unique(label).tolist()) <= set(range(9))
     out = capsys.readouterr().out
     assert "DeepLabv3+ | mIoU:" in out and "evaluated 8 / expected" in out
-    from dhr.ops.evaluation import evaluate_folder  # the score after fit is the evaluator's on the written PNGs
+    from dhr.ops.evaluation import (
+        evaluate_folder,  # the score after fit is the evaluator's on the written PNGs
+    )
 
     again = evaluate_folder(run_dir / "predictions" / "validation", synth_root / "SYNTH" / "validation" / "mask",
                             num_classes=9, background_id=0)

@@ -6,7 +6,6 @@ confusion matrix, so memory stays flat in the number of images.
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ import numpy as np
 from dhr.errors import DHRError
 from dhr.ops.metrics import Scores, confusion, scores_from_confusion
 from dhr.utils.io import read_label_png
+from dhr.utils.pool import fork_pool, worker_count
 
 
 @dataclass
@@ -118,15 +118,14 @@ def evaluate_folder(
     if skip_background_only:
         skip_values = tuple(v for v in (background_id, ignore_index) if v is not None)
     job = _Job(str(pred_dir), str(gt_dir), num_classes, ignore_index, skip_values)
-    workers = max(1, min(workers or os.cpu_count() or 1, len(ids)))
+    workers = worker_count(workers, len(ids))
     total = EvalResult(conf=np.zeros((num_classes, num_classes + 2), dtype=np.int64))
     if workers == 1:
         parts = [_score_chunk(job, ids)]
     else:
         n_chunks = min(len(ids), workers * 8)
         chunks = [ids[i::n_chunks] for i in range(n_chunks)]
-        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
-        with ctx.Pool(workers) as pool:
+        with fork_pool(workers) as pool:
             parts = pool.map(_score_chunk_star, [(job, ch) for ch in chunks], chunksize=1)
     for part in parts:
         total.conf += part.conf
