@@ -26,7 +26,8 @@ def resolve_out_dir(cfg: DictConfig) -> Path:
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
-    from dhr.data.datamodule import SegmentationDataModule
+    from hydra.utils import instantiate
+
     from dhr.data.layout import DatasetInfo
     from dhr.engine import check_out_dir, configure_inference, evaluate_split, predict_to_folder
     from dhr.utils.checkpoint import load_module
@@ -42,9 +43,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out_dirs = {"label_crf": out_dir, "label": out_dir.with_name(out_dir.name + "_nocrf")} if crf else {"label": out_dir}
     for folder in out_dirs.values():
         check_out_dir(folder, cfg.overwrite)
-    datamodule = SegmentationDataModule(data_root=cfg.paths.data_root, dataset=dataset, predict_split=cfg.split,
-                                        val_split=None, num_workers=cfg.num_workers, validate="quick",
-                                        with_tags=needs_tags)
+    datamodule = instantiate(cfg.data, predict_split=cfg.split, val_split=None, validate="quick", with_tags=needs_tags,
+                             masks="gt", with_gt=False, uss_dir=None)
     datamodule.prepare_data()
     written = predict_to_folder(module, datamodule, cfg.trainer, out_dir, out_dirs)
     log.info("wrote %d label PNGs to %s", written, ", ".join(str(d) for d in out_dirs.values()))

@@ -164,8 +164,8 @@ def test_ddp_on_cpu_keeps_replicas_identical(tmp_path, synth_root):
     dataset = {"name": "SYNTH", "classes": list(SYNTH_CLASSES), "splits": {"val": "validation"}, "background_id": 0}
     for stage in ("head", "probe"):
         module = tiny_module(stage=stage, num_classes=9, resolution=64)
-        data = CauseDataModule(data_root=str(synth_root), dataset=dataset, val_split=None, resolution=64,
-                               batch_size=8, num_workers=0)
+        data = CauseDataModule(data_root=str(synth_root), dataset=dataset, train_split="train", val_split=None,
+                               crop_type="none", resolution=64, batch_size=8, num_workers=0, image_interp="nearest")
         trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=3, logger=False,
                              enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                              callbacks=[DumpWeights(str(tmp_path))])

@@ -147,3 +147,14 @@ def test_invalid_switches_name_the_key():
                            ({"ot": {"eps": 0}}, "model.dhr.ot.eps")):
         with pytest.raises(DHRError, match=key.replace(".", r"\.")):
             R.RelabelConfig.defaults(**overrides)
+
+
+def test_the_random_batches_exercise_step3():
+    """Without a Step-3 group the comparisons above would not test Step 3 at all."""
+    batch = random_relabel_batch(0)
+    cfg = R.RelabelConfig.defaults(uss_patch=8)
+    g = batch["uss"].shape[-1]
+    valid = R.valid_cells(batch["boxes"], batch["masks"].shape[-1], g, cfg.cell_scope)
+    with_step3, _ = R.step23_maps(batch["masks"], batch["uss"], batch["wss_feats"], valid, batch["num_classes"], cfg)
+    without, _ = R.step23_maps(batch["masks"], batch["uss"], [], valid, batch["num_classes"], cfg)
+    assert not torch.allclose(with_step3, without)

@@ -62,7 +62,7 @@ def test_predict_cli_writes_pngs_and_refuses_to_overwrite(tmp_path, synth_root):
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     out_dir = tmp_path / "preds"
     overrides = [f"paths.data_root={synth_root}", f"ckpt={ckpt}", f"out_dir={out_dir}", "split=train",
-                 "infer.scales=[1.0]", "infer.flip=false", f"trainer.accelerator={TEST_ACCELERATOR}", "num_workers=0",
+                 "infer.scales=[1.0]", "infer.flip=false", f"trainer.accelerator={TEST_ACCELERATOR}", "data.num_workers=0",
                  "dataset.generate=null"]
     result = predict(compose_cfg("predict", overrides, tmp_path / "p1"))
     assert result["written"] == 24 and len(list(out_dir.glob("*.png"))) == 24
@@ -169,7 +169,7 @@ def test_cam_baseline_trains_on_tags_and_writes_seeds_with_and_without_crf(tmp_p
     assert torch.load(ckpt, map_location="cpu", weights_only=True)["dhr_module"] == "dhr.modules.cam.CAMModule"
     wss = tmp_path / "wss"
     overrides = [f"paths.data_root={synth_root}", f"paths.wss_root={wss}", f"ckpt={ckpt}", "model=cam", "split=val",
-                 "infer.scales=[1.0]", f"trainer.accelerator={TEST_ACCELERATOR}", "num_workers=0", "dataset.generate=null"]
+                 "infer.scales=[1.0]", f"trainer.accelerator={TEST_ACCELERATOR}", "data.num_workers=0", "dataset.generate=null"]
     result = predict(compose_cfg("predict", overrides, tmp_path / "p"))
     seeds = wss / "SYNTH" / "CAM" / "validation"
     assert result["out_dir"] == str(seeds) and len(list(seeds.glob("*.png"))) == 8

@@ -79,9 +79,8 @@ class CauseViews(Dataset):
 
 
 class CauseDataModule(pl.LightningDataModule):
-    def __init__(self, *, data_root: str, dataset: Mapping[str, Any], train_split: str = "train", val_split: str | None = "val",
-                 crop_type: str = "none", resolution: int = 320, batch_size: int = 16, num_workers: int = 2,
-                 image_interp: str = "nearest") -> None:
+    def __init__(self, *, data_root: str, dataset: Mapping[str, Any], train_split: str, val_split: str | None,
+                 crop_type: str, resolution: int, batch_size: int, num_workers: int, image_interp: str) -> None:
         super().__init__()
         self.dataset_cfg = dict(dataset)
         self.info = DatasetInfo.from_cfg(self.dataset_cfg)

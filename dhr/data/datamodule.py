@@ -30,23 +30,23 @@ class SegmentationDataModule(pl.LightningDataModule):
         *,
         data_root: str,
         dataset: Mapping[str, Any],
-        train_split: str = "train",
-        val_split: str | None = "val",
-        predict_split: str = "val",
-        masks: str = "gt",
-        seeds_dir: str | None = None,
-        batch_size: int = 16,
-        val_batch_size: int = 8,
-        num_workers: int = 2,
-        crop_size: int = 512,
-        resize_long: Sequence[int] = (320, 640),
-        flip: float = 0.5,
-        jitter: Sequence[float] | None = (0.3, 0.3, 0.3, 0.1),
-        validate: str = "full",
-        with_tags: bool = False,
-        with_gt: bool = False,
-        uss_dir: str | None = None,
-        uss_patch: int = 14,
+        train_split: str,
+        val_split: str | None,
+        predict_split: str,
+        masks: str,
+        seeds_dir: str | None,
+        batch_size: int,
+        val_batch_size: int,
+        num_workers: int,
+        crop_size: int,
+        resize_long: Sequence[int],
+        flip: float,
+        jitter: Sequence[float] | None,
+        validate: str,
+        with_tags: bool,
+        with_gt: bool,
+        uss_dir: str | None,
+        uss_patch: int | None,
     ) -> None:
         super().__init__()
         self.dataset_cfg = dict(dataset)
@@ -64,7 +64,10 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.validate = validate
         self.with_tags = with_tags
         self.with_gt = with_gt
-        self.uss_dir, self.uss_patch = (Path(uss_dir) if uss_dir else None), int(uss_patch)
+        self.uss_dir = Path(uss_dir) if uss_dir else None
+        if self.uss_dir is not None and uss_patch is None:
+            raise DHRError("data.uss_dir is set but data.uss_patch is not: set the ViT patch of the features")
+        self.uss_patch = int(uss_patch) if uss_patch is not None else 0
         self.data_train: SegmentationDataset | None = None
         self.data_val: SegmentationDataset | None = None
         self.data_predict: SegmentationDataset | None = None

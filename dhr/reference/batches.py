@@ -39,23 +39,27 @@ def random_relabel_batch(seed: int, *, batch: int = 3, canvas: int = 64, num_cla
     tags = torch.zeros(batch, num_classes - 1)
     boxes, twins, erased = [], [], []
     for i in range(batch):
-        k = int(torch.randint(k_range[0], k_range[1] + 1, (1,), generator=g))
-        classes = (torch.randperm(num_classes - 1, generator=g)[:k] + 1).tolist()
-        for cls in classes:
-            y, x = torch.randint(0, s - s // 4, (2,), generator=g).tolist()
-            hh, ww = torch.randint(s // 10 + 2, s // 2, (2,), generator=g).tolist()
-            truth[i, y : y + hh, x : x + ww] = cls
-        present = [c for c in classes if bool((truth[i] == c).any())]
-        for cls in present:
-            tags[i, cls - 1] = 1
-        twins.append(present[:2])
-        erased.append(present[-1] if len(present) > 2 else None)
         if full_boxes:
-            boxes.append([0, 0, s, s])
+            y0, x0, y1, x1 = 0, 0, s, s
         else:
             hh, ww = torch.randint(s // 2, s + 1, (2,), generator=g).tolist()
             y0, x0 = int(torch.randint(0, s - hh + 1, (1,), generator=g)), int(torch.randint(0, s - ww + 1, (1,), generator=g))
-            boxes.append([y0, x0, y0 + hh, x0 + ww])
+            y1, x1 = y0 + hh, x0 + ww
+        boxes.append([y0, x0, y1, x1])
+        k = int(torch.randint(k_range[0], k_range[1] + 1, (1,), generator=g))
+        classes = (torch.randperm(num_classes - 1, generator=g)[:k] + 1).tolist()
+        for cls in classes:  # blocks inside the crop, so every tagged class is in view
+            bh, bw = (int(torch.randint(max(2, (y1 - y0) // 8), max(3, (y1 - y0) // 2), (1,), generator=g)),
+                      int(torch.randint(max(2, (x1 - x0) // 8), max(3, (x1 - x0) // 2), (1,), generator=g)))
+            y = int(torch.randint(y0, y1 - bh + 1, (1,), generator=g))
+            x = int(torch.randint(x0, x1 - bw + 1, (1,), generator=g))
+            truth[i, y : y + bh, x : x + bw] = cls
+        present = [c for c in classes if int((truth[i] == c).sum()) >= 4 * patch * patch]  # a few grid cells at least
+        for cls in classes:
+            if bool((truth[i] == cls).any()):
+                tags[i, cls - 1] = 1
+        twins.append(present[:2])
+        erased.append(present[-1] if len(present) > 2 else None)
     masks = truth.clone()
     noise = torch.rand(batch, s, s, generator=g)
     masks[noise < 0.1] = IGNORE
