@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= disabled
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast demo pipeline lint bench clean
+.PHONY: help setup test test-fast demo pipeline lint bench parity clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -44,6 +44,9 @@ lint: setup  ## ruff
 bench: setup  ## benchmarks: evaluator vs the release's loop, relabelling vs the literal reference
 	$(PY) scripts/bench/evaluate.py
 	$(PY) scripts/bench/relabel.py
+
+parity: setup  ## batched relabelling vs the literal reference of the release, 512 crops with the CRF (~3 min)
+	$(PY) scripts/relabel_parity.py --samples 20
 
 clean:  ## remove outputs and caches (keeps .venv and data/)
 	rm -rf outputs multirun .pytest_cache .ruff_cache

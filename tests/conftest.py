@@ -128,3 +128,9 @@ def dhr_overrides(synth_root: Path, seeds: Path, *extra: str) -> list[str]:
             "crf.processes=1", "model.dhr.tau=0.0", *extra]  # tau 0: every class pair forms a Step-3 group
 
 
+
+
+def predict_overrides(data_root: Path, ckpt: Path, *extra: str) -> list[str]:
+    """``dhr.predict`` of ``ckpt`` on the tiny synthetic set, single scale, in this process."""
+    return [f"paths.data_root={data_root}", f"ckpt={ckpt}", "infer.scales=[1.0]", f"trainer.accelerator={TEST_ACCELERATOR}",
+            "data.num_workers=0", "dataset.generate=null", *extra]

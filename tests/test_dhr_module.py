@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import TEST_ACCELERATOR, compose_cfg, dhr_overrides, tiny_train_overrides
+from conftest import compose_cfg, dhr_overrides, predict_overrides, tiny_train_overrides
 
 from dhr.data.synthetic import MINOR_IDS
 from dhr.errors import DHRError
@@ -42,8 +42,7 @@ def test_dhr_trains_with_relabelling_and_writes_dhr_masks(tmp_path, synth_root, 
         assert 0 < logged[name] <= 1
     assert logged["train/dhr_changed_step1"] > 0 and logged["train/dhr_changed_step23"] > 0  # relabelling changed pixels
     wss = seeds.parents[2]
-    overrides = [f"paths.data_root={synth_root}", f"paths.wss_root={wss}", f"ckpt={ckpt}", "model=dhr", "split=train",
-                 "infer.scales=[1.0]", f"trainer.accelerator={TEST_ACCELERATOR}", "data.num_workers=0", "dataset.generate=null"]
+    overrides = predict_overrides(synth_root, ckpt, f"paths.wss_root={wss}", "model=dhr", "split=train")
     result = predict(compose_cfg("predict", overrides, tmp_path / "p"))
     masks = wss / "SYNTH" / "DHR" / "train"
     assert result["out_dir"] == str(masks) and len(list(masks.glob("*.png"))) == 24

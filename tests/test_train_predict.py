@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import TEST_ACCELERATOR, compose_cfg, tiny_train_overrides
+from conftest import compose_cfg, predict_overrides, tiny_train_overrides
 
 from dhr.errors import DHRError
 from dhr.utils.io import read_label_png
@@ -61,9 +61,7 @@ def test_predict_cli_writes_pngs_and_refuses_to_overwrite(tmp_path, synth_root):
     train(train_cfg(tmp_path, synth_root, "evaluate_after_fit=false"))
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     out_dir = tmp_path / "preds"
-    overrides = [f"paths.data_root={synth_root}", f"ckpt={ckpt}", f"out_dir={out_dir}", "split=train",
-                 "infer.scales=[1.0]", "infer.flip=false", f"trainer.accelerator={TEST_ACCELERATOR}", "data.num_workers=0",
-                 "dataset.generate=null"]
+    overrides = predict_overrides(synth_root, ckpt, f"out_dir={out_dir}", "split=train", "infer.flip=false")
     result = predict(compose_cfg("predict", overrides, tmp_path / "p1"))
     assert result["written"] == 24 and len(list(out_dir.glob("*.png"))) == 24
     from dhr.ops.evaluation import evaluate_folder
@@ -168,8 +166,7 @@ def test_cam_baseline_trains_on_tags_and_writes_seeds_with_and_without_crf(tmp_p
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert torch.load(ckpt, map_location="cpu", weights_only=True)["dhr_module"] == "dhr.modules.cam.CAMModule"
     wss = tmp_path / "wss"
-    overrides = [f"paths.data_root={synth_root}", f"paths.wss_root={wss}", f"ckpt={ckpt}", "model=cam", "split=val",
-                 "infer.scales=[1.0]", f"trainer.accelerator={TEST_ACCELERATOR}", "data.num_workers=0", "dataset.generate=null"]
+    overrides = predict_overrides(synth_root, ckpt, f"paths.wss_root={wss}", "model=cam", "split=val")
     result = predict(compose_cfg("predict", overrides, tmp_path / "p"))
     seeds = wss / "SYNTH" / "CAM" / "validation"
     assert result["out_dir"] == str(seeds) and len(list(seeds.glob("*.png"))) == 8
