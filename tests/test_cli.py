@@ -17,7 +17,7 @@ def test_help_lists_groups_without_importing_torch():
             "except SystemExit:\n    pass\n"
             "assert 'torch' not in sys.modules, 'torch imported by --help'\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
-    for group in ("dataset:", "backbone:", "trainer:", "logger:", "debug:", "experiment:"):
+    for group in ("dataset:", "recipe:", "crf:", "backbone:", "trainer:", "logger:", "debug:", "experiment:"):
         assert group in out
     assert "synthetic" in out and "voc" in out and "python -m dhr.evaluate" in out
 
@@ -70,3 +70,10 @@ def test_local_multirun_with_plain_ddp_is_refused(tmp_path):
         capture_output=True, text=True, cwd=REPO, timeout=300,
     )
     assert res.returncode == 2 and "re-launches the whole sweep" in res.stderr
+
+
+def test_a_refused_config_value_exits_2_naming_the_key(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "dhr.train", "model=dhr", "model.dhr.tau=2", "wss=folder",
+                          f"wss.path={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True,
+                         cwd=REPO)
+    assert res.returncode == 2 and "error: model.dhr.tau=2" in res.stderr and "Traceback" not in res.stderr

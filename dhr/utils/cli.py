@@ -11,6 +11,8 @@ T = TypeVar("T")
 
 def run_or_exit(fn: Callable[[Any], T], cfg: Any) -> T:
     """Call ``fn(cfg)``; a :class:`~dhr.errors.DHRError` prints ``error: ...`` and exits 2 (no traceback)."""
+    from hydra.errors import InstantiationException
+
     from dhr.errors import DHRError
 
     try:
@@ -18,6 +20,11 @@ def run_or_exit(fn: Callable[[Any], T], cfg: Any) -> T:
     except DHRError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
+    except InstantiationException as err:  # a config value refused by a constructor: the same user error
+        if isinstance(err.__cause__, DHRError):
+            print(f"error: {err.__cause__}", file=sys.stderr)
+            sys.exit(2)
+        raise
 
 
 def hydra_entry(config_name: str, run: Callable[[Any], Any], returns: Callable[[Any], Any] | None = None) -> Callable[[], Any]:
