@@ -43,7 +43,7 @@ def load_uss(path: Path, orig_hw: tuple[int, int], patch: int, dim: int | None =
     if tuple(feat.shape[1:]) != expected or (dim is not None and feat.shape[0] != dim):
         raise DHRError(f"{path}: USS features are {tuple(feat.shape)} but an image of {orig_hw[0]}x{orig_hw[1]} needs "
                        f"({dim if dim is not None else 'D'}, {expected[0]}, {expected[1]}) for patch {patch}; re-export "
-                       "with `python -m dhr.features overwrite=true` or set dhr.uss_patch to the exporter's patch")
+                       "with `python -m dhr.features overwrite=true` or set model.dhr.uss_patch to the exporter's patch")
     return feat
 
 
