@@ -14,6 +14,35 @@ from omegaconf import DictConfig, OmegaConf
 from dhr.errors import DHRError
 
 
+def compose_run(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
+    """Compose ``conf/<config_name>.yaml`` as its command line would, with ``output_dir`` as the run directory.
+
+    For runs inside this process (``dhr.pipeline``'s stages, tests): sets Hydra's runtime config
+    so that ``${hydra:...}`` interpolations and launch checks see this run, then drops the
+    ``hydra`` node.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from dhr.conf_path import CONFIG_DIR
+
+    if GlobalHydra.instance().is_initialized():
+        cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+    else:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        del cfg["hydra"]
+    return cfg
+
+
 def check_out_dir(out_dir: Path, overwrite: bool) -> None:
     """Never overwrite earlier results silently."""
     if out_dir.is_dir() and any(out_dir.glob("*.png")) and not overwrite:

@@ -114,7 +114,7 @@ def run(cfg: DictConfig) -> dict[str, int]:
     info = DatasetInfo.from_cfg(dataset)
     generate_from_cfg(cfg.paths.data_root, dataset)
     layout = DatasetLayout(cfg.paths.data_root, info)
-    out_dir = layout.split_dir(cfg.split) / cfg.uss_name
+    out_dir = Path(cfg.out_dir) if cfg.get("out_dir") else layout.split_dir(cfg.split) / cfg.uss_name
     backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
     vit, head = load_teacher(cfg.ckpt, backbone)
     device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -11,8 +11,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 import pytest  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.core.global_hydra import GlobalHydra  # noqa: E402
-from hydra.core.hydra_config import HydraConfig  # noqa: E402
-from omegaconf import DictConfig, open_dict  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 
 from dhr.conf_path import CONFIG_DIR  # noqa: E402
 
@@ -33,17 +32,10 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def compose_cfg(config_name: str, overrides: list[str], output_dir: Path) -> DictConfig:
     """Compose a primary config the way the CLI does, with a run directory of our choosing."""
+    from dhr.engine import compose_run
+
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir)
-        del cfg["hydra"]
-    return cfg
+    return compose_run(config_name, overrides, output_dir)
 
 
 # The end-to-end tests run on the CPU; DHR_TEST_ACCELERATOR=gpu runs them on a GPU (device check).
