@@ -64,9 +64,10 @@ def configure_inference(module: Any, infer: DictConfig, crf: DictConfig | None) 
 
 
 def predict_to_folder(module: Any, datamodule: Any, trainer_cfg: DictConfig, out_dir: Path,
-                      out_dirs: dict[str, Path] | None = None) -> int:
+                      out_dirs: dict[str, Path] | None = None, progress: DictConfig | None = None) -> int:
     """Predict ``datamodule.predict_split`` into ``out_dir`` (or ``out_dirs`` per output); returns the image count.
 
+    ``progress`` is the ``callbacks.progress_bar`` node (bars on a terminal, log lines otherwise).
     Call :func:`configure_inference` first.
     """
     from hydra.utils import instantiate
@@ -74,7 +75,9 @@ def predict_to_folder(module: Any, datamodule: Any, trainer_cfg: DictConfig, out
     from dhr.callbacks.prediction_writer import PaletteWriter
 
     writer = PaletteWriter(out_dir, datamodule.info.palette_array, out_dirs)
-    overrides = dict(callbacks=[writer], logger=False, enable_checkpointing=False, max_epochs=1)
+    callbacks = [writer, instantiate(progress)] if progress is not None else [writer]
+    overrides = dict(callbacks=callbacks, logger=False, enable_checkpointing=False, max_epochs=1,
+                     enable_progress_bar=progress is not None)
     cfg = OmegaConf.to_container(trainer_cfg, resolve=True)
     for key in ("fast_dev_run", "limit_train_batches", "limit_val_batches", "overfit_batches", "strategy", "sync_batchnorm"):
         cfg.pop(key, None)

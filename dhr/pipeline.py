@@ -173,8 +173,9 @@ def external_stage(name: str, cfg: DictConfig) -> StageResult | None:
         folder = Path(cfg.wss.path)
         return StageResult("external", folder_fingerprint(folder), outputs={"masks": str(folder), "split": "train",
                                                                               "source": f"wss={cfg.wss.method}"})
-    if name == "uss" and cfg.pipeline.uss_dir:
-        folder = Path(cfg.pipeline.uss_dir)
+    on_disk = Path(cfg.paths.data_root) / cfg.dataset.name / str(cfg.dataset.splits.train) / "CAUSE"
+    if name == "uss" and (cfg.pipeline.uss_dir or (on_disk / MANIFEST).is_file()):
+        folder = Path(cfg.pipeline.uss_dir or on_disk)  # features dhr.features wrote into the tree are used as found
         manifest = folder / MANIFEST
         patch = cfg.pipeline.uss_patch or (json.loads(manifest.read_text()).get("patch") if manifest.is_file() else None)
         if patch is None:
@@ -309,7 +310,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     log.info("pipeline: %s in %.1f s (%s)", ", ".join(f"{k} {v.status}" for k, v in done.items()),
              time.perf_counter() - start, run_dir)
     report = run_dir / "report.json"
-    return json.loads(report.read_text()) if report.is_file() else {"stages": {k: v.status for k, v in done.items()}}
+    if done["report"].status != "skipped":
+        return json.loads(report.read_text())
+    return {"rows": {}, "stages": {k: {"status": v.status, "seconds": round(v.seconds, 1)} for k, v in done.items()}}
 
 
 _main = hydra_entry("pipeline", run)

@@ -46,7 +46,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data, predict_split=cfg.split, val_split=None, validate="quick", with_tags=needs_tags,
                              masks="gt", with_gt=False, uss_dir=None)
     datamodule.prepare_data()
-    written = predict_to_folder(module, datamodule, cfg.trainer, out_dir, out_dirs)
+    written = predict_to_folder(module, datamodule, cfg.trainer, out_dir, out_dirs, progress=cfg.callbacks.get("progress_bar"))
     log.info("wrote %d label PNGs to %s", written, ", ".join(str(d) for d in out_dirs.values()))
     result: dict[str, Any] = {"out_dir": str(out_dir), "written": written}
     if cfg.evaluate and datamodule.layout.mask_dir(cfg.split).is_dir():

@@ -91,16 +91,17 @@ def build_report(cfg: DictConfig, run_dir: Path, done: dict[str, Any], key: str)
                 rows[row] = scored
     info = dataset_info(cfg)
     minor = minor_classes(cfg)
-    figures = {}
+    figures: dict[str, bytes] = {}
+    panels: list[int] = []
     try:
-        figures["report.png"] = example_grid(cfg, info, done, int(cfg.pipeline.examples))
+        figures["report.png"], panels = example_grid(cfg, info, done, int(cfg.pipeline.examples))
         figures["per_class.png"] = per_class_chart(rows, list(info.classes), minor)
     except Exception as err:  # noqa: BLE001 - a figure must never cost the numbers
         log.warning("report figures not written: %s", err)
     for name, png in figures.items():
         atomic_write_bytes(run_dir / name, png)
     return {"key": key, "dataset": info.name, "classes": list(info.classes), "minor_classes": minor,
-            "rows": rows, "stages": {}, "figures": sorted(figures)}
+            "rows": rows, "stages": {}, "figures": sorted(figures), "example_panels": panels}
 
 
 def write_report(report: dict[str, Any], run_dir: Path) -> None:
@@ -145,11 +146,12 @@ def print_report(report: dict[str, Any], run_dir: Path) -> None:
     classes, minor = report["classes"], report["minor_classes"]
     table = Table(title=f"dhr pipeline: {report['dataset']} ({run_dir})")
     for col in ("row", "split", "mIoU", "mFPR", "mFNR", *[_label(c, minor) for c in classes]):
-        table.add_column(col, justify="left" if col in ("row", "split") else "right")
+        table.add_column(col, justify="left" if col in ("row", "split") else "right", no_wrap=True)
     for name, row in report["rows"].items():
         table.add_row(name, str(row["split"]), _fmt(row["mIoU"], 1), _fmt(row["mFPR"], 3), _fmt(row["mFNR"], 3),
                       *[_fmt(row["per_class_iou"].get(c), 1) for c in classes])
-    Console(width=max(120, 30 + 8 * len(classes))).print(table)
+    width = 50 + sum(max(len(_label(c, minor)), 5) + 3 for c in classes)  # never truncate a name
+    Console(width=max(120, width)).print(table)
     print("stages: " + ", ".join(f"{k} {v['status']} ({v['seconds']} s)" for k, v in report["stages"].items()))
     print(f"report: {run_dir / 'report.md'}")
 
@@ -203,8 +205,8 @@ def final_predictions(done: dict[str, Any], ids: list[str], paths: dict[str, Pat
     return out
 
 
-def example_grid(cfg: DictConfig, info: Any, done: dict[str, Any], n: int) -> bytes:
-    """Rows of image, GT, seed, DHR mask and final prediction, in the dataset palette."""
+def example_grid(cfg: DictConfig, info: Any, done: dict[str, Any], n: int) -> tuple[bytes, list[int]]:
+    """Rows of image, GT, seed, DHR mask and final prediction, in the dataset palette; and [rows, columns]."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -240,7 +242,7 @@ def example_grid(cfg: DictConfig, info: Any, done: dict[str, Any], n: int) -> by
             else:
                 ax.imshow(palette[label])
     fig.suptitle(f"{info.name}: training images", fontsize=10)
-    return _png(fig)
+    return _png(fig), [len(ids), len(PANELS)]
 
 
 def per_class_chart(rows: dict[str, Any], classes: list[str], minor: list[str]) -> bytes:

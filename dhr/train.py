@@ -125,7 +125,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             datamodule.predict_split = split
             pred_dir = output_dir / "predictions" / datamodule.info.split_dir_name(split)
             configure_inference(model, cfg.infer, cfg.get("crf"))
-            predict_to_folder(model, datamodule, cfg.trainer, pred_dir)
+            predict_to_folder(model, datamodule, cfg.trainer, pred_dir, progress=cfg.callbacks.get("progress_bar"))
             scores = evaluate_split(datamodule, pred_dir, split, tag=cfg.tag)
             metrics.update({f"eval/{k}": v for k, v in scores.items() if isinstance(v, float)})
     finally:

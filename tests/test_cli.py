@@ -38,7 +38,7 @@ def test_ddp_cpu_two_processes_train_and_checkpoint(tmp_path, synth_root):
     overrides = [o for o in tiny_train_overrides(synth_root) if not o.startswith("~callbacks")]
     res = subprocess.run(
         [sys.executable, "-m", "dhr.train", *overrides, "trainer=ddp_cpu", "evaluate_after_fit=false",
-         "callbacks.progress_bar._target_=pytorch_lightning.callbacks.TQDMProgressBar", f"hydra.run.dir={tmp_path / 'run'}"],
+         "callbacks.progress_bar.terminal=false", f"hydra.run.dir={tmp_path / 'run'}"],
         capture_output=True, text=True, cwd=REPO, timeout=600,
     )
     assert res.returncode == 0, res.stderr[-3000:]
@@ -54,7 +54,7 @@ def test_local_submitit_sweep_runs_one_job_per_value(tmp_path, synth_root):
     sweep = tmp_path / "sweep"
     res = subprocess.run(
         [sys.executable, "-m", "dhr.train", "-m", "hydra/launcher=local", *overrides, "debug=fdr", "seed=1,2",
-         "callbacks.progress_bar._target_=pytorch_lightning.callbacks.TQDMProgressBar", f"hydra.sweep.dir={sweep}"],
+         "callbacks.progress_bar.terminal=false", f"hydra.sweep.dir={sweep}"],
         capture_output=True, text=True, cwd=REPO, timeout=600,
     )
     assert res.returncode == 0, res.stderr[-3000:]

@@ -39,10 +39,14 @@ def test_other_entry_points_compose(tmp_path):
 
 
 def test_every_dataset_has_a_recipe_and_picks_it(tmp_path):
+    assert set(GROUPS["dataset"]) == set(GROUPS["recipe"])
     for option in GROUPS["dataset"]:
-        cfg = compose_cfg("train", [f"dataset={option}"], tmp_path)
-        expected = OmegaConf.load(CONFIG_DIR / "recipe" / f"{option.removesuffix('_sample')}.yaml")
-        assert cfg.recipe.crop_size == expected.crop_size and cfg.recipe.max_epochs == expected.max_epochs, option
+        picked = compose_cfg("train", [f"dataset={option}"], tmp_path).recipe
+        assert picked == compose_cfg("train", [f"dataset={option}", f"recipe={option}"], tmp_path).recipe, option
+    voc = compose_cfg("train", ["dataset=voc_sample"], tmp_path).recipe
+    assert voc.crop_size == 512 and voc.max_epochs == 100  # the sample reads the real recipe
+    quick = compose_cfg("train", ["dataset=synthetic_quick"], tmp_path).recipe
+    assert quick.crop_size == 96 and quick.max_epochs == 5 and list(quick.infer_scales) == [1.0]
     cfg = compose_cfg("train", ["dataset=voc", "recipe=synthetic", "recipe.lr=0.5"], tmp_path)
     assert cfg.recipe.crop_size == 96 and cfg.model.optim.lr == 0.5
 

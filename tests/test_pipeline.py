@@ -21,7 +21,7 @@ def pipeline_cfg(tmp_path, synth_root, *extra: str):
     gen = ",".join(f"{k}:{v}" for k, v in TINY_SYNTH.items())
     routed = [o for o in tiny_train_overrides(synth_root) if not o.startswith(("paths.", "dataset."))]
     quoted = ",".join(json.dumps(o) for o in routed)
-    overrides = [f"paths.data_root={synth_root}", f"dataset.generate={{{gen}}}", f"pipeline.extra=[{quoted}]",
+    overrides = ["dataset=synthetic", f"paths.data_root={synth_root}", f"dataset.generate={{{gen}}}", f"pipeline.extra=[{quoted}]",
                  "pipeline.overrides.uss=[" + ",".join(json.dumps(o) for o in TINY_CAUSE) + "]", "pipeline.examples=2", *extra]
     return compose_cfg("pipeline", overrides, tmp_path / "pipe")
 
@@ -47,10 +47,16 @@ def test_pipeline_runs_caches_and_reruns_only_what_a_change_touches(tmp_path, sy
                                "ceiling": "skipped", "report": "ran"}
     rows = first["rows"]
     assert set(rows) == {"seeds", "dhr_masks", "final", "baseline"}
-    for name, row in rows.items():
+    for row in rows.values():
         assert set(row) == {"mIoU", "mFPR", "mFNR", "per_class_iou", "split", "images", "protocol"}
-        assert 0 < row["mIoU"] <= 100 and 0 <= row["mFPR"] and 0 <= row["mFNR"]
-        assert set(row["per_class_iou"]) == set(first["classes"])
+        assert set(row["per_class_iou"]) == set(first["classes"]) and row["protocol"]["split"] == row["split"]
+    from dhr.ops.evaluation import (
+        evaluate_folder,  # the row is the official evaluator on the stage's masks
+    )
+
+    seeds_dir = next((tmp_path / "pipe").glob("seeds-*/masks"))
+    again = evaluate_folder(seeds_dir, synth_root / "SYNTH" / "train" / "mask", num_classes=9, background_id=0)
+    assert rows["seeds"]["mIoU"] == pytest.approx(again.scores.miou) and rows["seeds"]["images"] == again.evaluated
     assert rows["seeds"]["split"] == "train" and rows["seeds"]["images"] == rows["dhr_masks"]["images"] >= 20
     assert rows["final"]["split"] == "val" and rows["final"]["images"] == rows["baseline"]["images"] == 8
     assert rows["dhr_masks"]["protocol"]["thresholds"]["class_threshold"] == 0.05
@@ -60,7 +66,10 @@ def test_pipeline_runs_caches_and_reruns_only_what_a_change_touches(tmp_path, sy
     from PIL import Image
 
     grid = Image.open(pipe / "report.png")
-    assert grid.width > grid.height  # 2 example rows of 5 panels
+    assert 1.5 < grid.width / grid.height < 4  # 2 example rows of 5 panels
+    from dhr.report import PANELS
+
+    assert first["example_panels"] == [2, len(PANELS)] == [2, 5] and first["figures"] == ["per_class.png", "report.png"]
     assert "stage dhr: start" in caplog.text and "stage dhr: done in" in caplog.text
 
     again = run(pipeline_cfg(tmp_path, synth_root))
@@ -75,3 +84,59 @@ def test_pipeline_runs_caches_and_reruns_only_what_a_change_touches(tmp_path, sy
     assert statuses(forced)["baseline"] == "cached" and statuses(forced)["seeds"] == "cached"
     assert list(pipe.glob("dhr-*.replaced-*"))  # the earlier result is kept, not overwritten
 
+
+
+@pytest.mark.slow
+def test_only_from_to_and_a_failed_stage_resumed(tmp_path, synth_root, monkeypatch):
+    import dhr.pipeline as P
+    from dhr.errors import DHRError
+
+    with pytest.raises(DHRError, match="stage dhr reads stage seeds, which has not run"):
+        P.run(pipeline_cfg(tmp_path, synth_root, "pipeline.only=[dhr]"))
+    first = P.run(pipeline_cfg(tmp_path, synth_root, "pipeline.to=uss"))
+    assert statuses(first) == {"seeds": "ran", "uss": "ran", **dict.fromkeys(STAGES[2:], "skipped")}
+
+    real = P.run_step
+
+    def failing(step, cfg):
+        if step.entry == "predict" and "model=dhr" in step.overrides:
+            raise RuntimeError("killed while writing the DHR masks")
+        real(step, cfg)
+
+    monkeypatch.setattr(P, "run_step", failing)
+    with pytest.raises(RuntimeError, match="killed"):
+        P.run(pipeline_cfg(tmp_path, synth_root, "pipeline.from=dhr", "pipeline.to=dhr"))
+    dhr_dir = next((tmp_path / "pipe").glob("dhr-*"))
+    assert (dhr_dir / "train" / ".done").is_file() and not (dhr_dir / "manifest.json").exists()
+    monkeypatch.setattr(P, "run_step", real)
+    trained = []
+    monkeypatch.setattr(P, "run_step", lambda step, cfg: (trained.append(step.subdir), real(step, cfg)))
+    resumed = P.run(pipeline_cfg(tmp_path, synth_root, "pipeline.only=[dhr]"))
+    assert statuses(resumed)["dhr"] == "ran" and trained == ["predict"]  # training was not repeated
+    assert statuses(resumed)["seeds"] == "cached" and statuses(resumed)["final"] == "skipped"
+
+
+def test_progress_lines_when_stdout_is_not_a_terminal(tmp_path, synth_root, caplog):
+    from dhr.callbacks.progress import LogProgress, progress_bar
+    from dhr.train import run
+
+    assert isinstance(progress_bar(30, terminal=False), LogProgress)
+    assert not isinstance(progress_bar(30, terminal=True), LogProgress)
+    caplog.set_level(logging.INFO, logger="dhr.progress")
+    overrides = [o for o in tiny_train_overrides(synth_root) if o != "~callbacks.progress_bar"]
+    run(compose_cfg("train", [*overrides, "callbacks.progress_bar.every_seconds=0", "callbacks.progress_bar.terminal=false"],
+                    tmp_path / "run"))
+    lines = [r.getMessage() for r in caplog.records if r.name == "dhr.progress"]
+    assert any(line.startswith("train: step 3/3 (epoch 1/1), loss ") and "images/s" in line for line in lines)
+    assert any(line.startswith("predict: step ") and "ETA" in line for line in lines)
+    assert any(line.startswith("validation (epoch 1): ") and "val/mIoU" in line for line in lines)
+
+
+def test_external_seeds_replace_the_seed_stage_and_are_scored(tmp_path, synth_root):
+    from dhr.pipeline import run
+
+    seeds = synth_root / "SYNTH" / "train" / "mask"  # GT as "seeds": their row must score 100
+    report = run(pipeline_cfg(tmp_path, synth_root, "wss=folder", f"wss.path={seeds}", "pipeline.only=[seeds,report]"))
+    assert statuses(report)["seeds"] == "external" and statuses(report)["dhr"] == "skipped"
+    assert set(report["rows"]) == {"seeds"} and report["rows"]["seeds"]["mIoU"] == pytest.approx(100.0)
+    assert report["rows"]["seeds"]["protocol"]["made_by"] == "wss=folder"

@@ -21,7 +21,7 @@ log = logging.getLogger("dhr.progress")
 class LogProgress(ProgressBar):
     """Plain periodic log lines for training, validation and prediction (no terminal control codes)."""
 
-    def __init__(self, every_seconds: float = 30.0) -> None:
+    def __init__(self, every_seconds: float) -> None:
         super().__init__()
         self.every_seconds = float(every_seconds)
         self._enabled = True
@@ -65,7 +65,7 @@ class LogProgress(ProgressBar):
         last = isinstance(total, int) and batch_idx + 1 == total
         self._tick("train", trainer, batch_idx + 1, total, batch, extra, force=last)
 
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._enabled and trainer.is_global_zero and not trainer.sanity_checking:
             shown = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
             if shown:
@@ -77,7 +77,7 @@ class LogProgress(ProgressBar):
 
     def on_predict_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                              batch_idx: int, dataloader_idx: int = 0) -> None:
-        total = self.total_predict_batches_current_dataloader
+        total = trainer.num_predict_batches[dataloader_idx]
         last = isinstance(total, int) and batch_idx + 1 == total
         self._tick("predict", trainer, batch_idx + 1, total, batch, force=last)
 
@@ -92,7 +92,7 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def progress_bar(every_seconds: float = 30.0, terminal: bool | None = None) -> ProgressBar:
+def progress_bar(every_seconds: float, terminal: bool | None = None) -> ProgressBar:
     """The rich bars on a terminal, :class:`LogProgress` lines otherwise (``callbacks.progress_bar``)."""
     on_terminal = sys.stdout.isatty() if terminal is None else terminal
     return RichProgressBar() if on_terminal else LogProgress(every_seconds)
