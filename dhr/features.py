@@ -101,7 +101,6 @@ def _sha256(path: Path) -> str:
 def run(cfg: DictConfig) -> dict[str, int]:
     import numpy as np
     import torch
-    from tqdm.auto import tqdm
 
     from dhr.data.layout import DatasetInfo, DatasetLayout
     from dhr.data.synthetic import generate_from_cfg
@@ -137,7 +136,9 @@ def run(cfg: DictConfig) -> dict[str, int]:
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     paths = layout.image_paths(cfg.split)
     written = skipped = 0
-    for image_id, image_path in tqdm(paths.items(), desc=f"CAUSE features {info.name}/{cfg.split}", unit="img"):
+    from dhr.utils.progress import track
+
+    for image_id, image_path in track(paths.items(), len(paths), f"CAUSE features {info.name}/{cfg.split}"):
         target = out_dir / f"{image_id}.pt"
         image = read_rgb(image_path)
         expected = feature_grid(image.height, image.width, vit.patch_size, cfg.scales[0])

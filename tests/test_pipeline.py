@@ -140,3 +140,22 @@ def test_external_seeds_replace_the_seed_stage_and_are_scored(tmp_path, synth_ro
     assert statuses(report)["seeds"] == "external" and statuses(report)["dhr"] == "skipped"
     assert set(report["rows"]) == {"seeds"} and report["rows"]["seeds"]["mIoU"] == pytest.approx(100.0)
     assert report["rows"]["seeds"]["protocol"]["made_by"] == "wss=folder"
+
+
+def test_loops_outside_a_trainer_log_plain_lines_too(caplog):
+    from dhr.utils.progress import track
+
+    caplog.set_level(logging.INFO, logger="dhr.progress")
+    assert list(track(range(3), 3, "CAUSE features SYNTH/train", terminal=False)) == [0, 1, 2]
+    lines = [r.getMessage() for r in caplog.records if r.name == "dhr.progress"]
+    assert lines and lines[-1].startswith("CAUSE features SYNTH/train: 3/3,") and "ETA" in lines[-1]
+
+
+def test_the_run_directory_is_one_per_dataset_so_a_second_run_finds_its_cache():
+    from hydra import compose, initialize_config_dir
+
+    from dhr.conf_path import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("pipeline", overrides=["dataset=voc"], return_hydra_config=True)
+    assert cfg.hydra.run.dir == "outputs/pipeline/VOC2012"  # no timestamp: the next run looks here

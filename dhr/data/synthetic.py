@@ -218,9 +218,9 @@ def _check_stamp(root: Path, params: Mapping[str, Any]) -> None:
 
 
 def _progress(total: int, desc: str) -> Any:
-    from tqdm.auto import tqdm
+    from dhr.utils.progress import Progress
 
-    return tqdm(total=total, desc=desc, unit="img", leave=False)
+    return Progress(total, desc)
 
 
 def generate_from_cfg(data_root: str | os.PathLike, dataset_cfg: Mapping[str, Any]) -> Path | None:

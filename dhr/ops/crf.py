@@ -116,7 +116,7 @@ class CRFPool:
 
     def __call__(self, images: Sequence[np.ndarray], probs: Sequence[np.ndarray],
                  progress: str | None = None) -> list[np.ndarray]:
-        """Q for uint8 (H, W, 3) images and (C, H, W) probabilities; ``progress`` names a tqdm bar."""
+        """Q for uint8 (H, W, 3) images and (C, H, W) probabilities; ``progress`` names a progress display."""
         jobs = [(im, p, self.params) for im, p in zip(images, probs, strict=True)]
         size = worker_count(self.params.processes, len(jobs))
         if size == 1:
@@ -127,9 +127,9 @@ class CRFPool:
                 self._pool, self._size = fork_pool(size), size
             results = self._pool.imap(_crf_job, jobs)
         if progress:
-            from tqdm.auto import tqdm
+            from dhr.utils.progress import track
 
-            results = tqdm(results, total=len(jobs), desc=progress, unit="img")
+            results = track(results, len(jobs), progress)
         return list(results)
 
     def on_normalised(self, images_chw: Sequence[np.ndarray], probs: Sequence[np.ndarray]) -> list[np.ndarray]:
