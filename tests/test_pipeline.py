@@ -116,6 +116,7 @@ def test_only_from_to_and_a_failed_stage_resumed(tmp_path, synth_root, monkeypat
     assert statuses(resumed)["seeds"] == "cached" and statuses(resumed)["final"] == "skipped"
 
 
+@pytest.mark.slow
 def test_progress_lines_when_stdout_is_not_a_terminal(tmp_path, synth_root, caplog):
     from dhr.callbacks.progress import LogProgress, progress_bar
     from dhr.train import run
