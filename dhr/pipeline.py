@@ -149,6 +149,13 @@ def config_key(name: str, steps: list[Step], extras: list[str], reads: dict[str,
 
 def run_step(step: Step, cfg: DictConfig) -> None:
     if step.entry == "train":
+        strategy = str(cfg.trainer.get("strategy", "auto"))
+        if strategy.startswith("ddp") and not strategy.startswith("ddp_spawn"):
+            from dhr.errors import DHRError
+
+            raise DHRError(f"trainer.strategy={strategy} starts every rank by re-running the command, which inside "
+                           "dhr.pipeline would re-run the pipeline in each: use trainer.strategy=ddp_spawn "
+                           "(e.g. trainer=ddp trainer.strategy=ddp_spawn, or trainer=ddp_cpu)")
         from dhr.train import run
     elif step.entry == "predict":
         from dhr.predict import run
@@ -298,7 +305,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from hydra.core.hydra_config import HydraConfig
 
     hydra = HydraConfig.get()
-    run_dir = Path(hydra.runtime.output_dir)
+    report_dir = Path(hydra.runtime.output_dir)
+    run_dir = Path(cfg.pipeline.cache_dir) if cfg.pipeline.cache_dir else report_dir  # where the stages live
     forwarded = [o for o in hydra.overrides.task if o.lstrip("+~").startswith(("dataset.", "paths."))]
     common = [f"dataset={hydra.runtime.choices.dataset}", *forwarded, *[str(o) for o in cfg.pipeline.common or []]]
     extras = [str(o) for o in cfg.pipeline.extra or []]
@@ -306,10 +314,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     done: dict[str, StageResult] = {}
     start = time.perf_counter()
     for name in STAGES:
-        done[name] = run_stage(name, cfg, run_dir, common, extras, done, name in allowed)
+        done[name] = run_stage(name, cfg, report_dir if name == "report" else run_dir, common, extras, done,
+                               name in allowed)
     log.info("pipeline: %s in %.1f s (%s)", ", ".join(f"{k} {v.status}" for k, v in done.items()),
              time.perf_counter() - start, run_dir)
-    report = run_dir / "report.json"
+    report = report_dir / "report.json"
     if done["report"].status != "skipped":
         return json.loads(report.read_text())
     return {"rows": {}, "stages": {k: {"status": v.status, "seconds": round(v.seconds, 1)} for k, v in done.items()}}

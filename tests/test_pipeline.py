@@ -17,13 +17,13 @@ TINY_CAUSE = ["experiment=synthetic_cause", "model.eval_crf=false", "backbone.em
               "model.report_kmeans_seeds=1", "stage_epochs={clusterbook:1,head:1,probe:1}"]
 
 
-def pipeline_cfg(tmp_path, synth_root, *extra: str):
+def pipeline_cfg(tmp_path, synth_root, *extra: str, out: str = "pipe"):
     gen = ",".join(f"{k}:{v}" for k, v in TINY_SYNTH.items())
     routed = [o for o in tiny_train_overrides(synth_root) if not o.startswith(("paths.", "dataset."))]
     quoted = ",".join(json.dumps(o) for o in routed)
     overrides = ["dataset=synthetic", f"paths.data_root={synth_root}", f"dataset.generate={{{gen}}}", f"pipeline.extra=[{quoted}]",
                  "pipeline.overrides.uss=[" + ",".join(json.dumps(o) for o in TINY_CAUSE) + "]", "pipeline.examples=2", *extra]
-    return compose_cfg("pipeline", overrides, tmp_path / "pipe")
+    return compose_cfg("pipeline", overrides, tmp_path / out)
 
 
 def statuses(report: dict) -> dict[str, str]:
@@ -160,3 +160,25 @@ def test_the_run_directory_is_one_per_dataset_so_a_second_run_finds_its_cache():
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("pipeline", overrides=["dataset=voc"], return_hydra_config=True)
     assert cfg.hydra.run.dir == "outputs/pipeline/VOC2012"  # no timestamp: the next run looks here
+
+
+def test_subprocess_ddp_is_refused_inside_the_pipeline_with_the_fix(tmp_path):
+    from dhr.engine import compose_run
+    from dhr.errors import DHRError
+    from dhr.pipeline import Step, run_step
+
+    cfg = compose_run("train", ["trainer=ddp"], tmp_path)
+    with pytest.raises(DHRError, match="use trainer.strategy=ddp_spawn"):
+        run_step(Step("train", ["trainer=ddp"], "train"), cfg)
+
+
+@pytest.mark.slow
+def test_a_shared_cache_dir_serves_runs_in_other_folders(tmp_path, synth_root):
+    """A sweep or Slurm job writes into its own (timestamped) folder but reuses the stages of pipeline.cache_dir."""
+    from dhr.pipeline import run
+
+    cache = tmp_path / "cache"
+    first = run(pipeline_cfg(tmp_path, synth_root, "pipeline.to=seeds", f"pipeline.cache_dir={cache}", out="job0"))
+    assert statuses(first)["seeds"] == "ran" and list(cache.glob("seeds-*/manifest.json"))
+    again = run(pipeline_cfg(tmp_path, synth_root, "pipeline.to=seeds", f"pipeline.cache_dir={cache}", out="job1"))
+    assert statuses(again)["seeds"] == "cached" and not list(tmp_path.glob("job*/seeds-*"))
