@@ -99,14 +99,13 @@ def _sha256(path: Path) -> str:
 
 
 def run(cfg: DictConfig) -> dict[str, int]:
-    import numpy as np
     import torch
 
     from dhr.data.layout import DatasetInfo, DatasetLayout
     from dhr.data.synthetic import generate_from_cfg
     from dhr.data.uss import MANIFEST, feature_grid
     from dhr.errors import DHRError
-    from dhr.utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
+    from dhr.utils.imagenet import normalize_rgb
     from dhr.utils.io import atomic_write_bytes, atomic_write_json, read_rgb
 
     dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
@@ -132,8 +131,6 @@ def run(cfg: DictConfig) -> dict[str, int]:
             for stale in out_dir.glob("*.pt"):
                 stale.unlink()
     atomic_write_json(manifest_path, manifest)
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     paths = layout.image_paths(cfg.split)
     written = skipped = 0
     from dhr.utils.progress import track
@@ -149,8 +146,7 @@ def run(cfg: DictConfig) -> dict[str, int]:
                     continue
             except Exception:  # noqa: BLE001 - a corrupt partial file is recomputed
                 pass
-        x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)[None]
-        x = ((x - mean) / std).to(device)
+        x = torch.from_numpy(normalize_rgb(image)).permute(2, 0, 1)[None].to(device)
         feats = extract(vit, head, x, cfg.scales, cfg.flip).half().cpu()
         buffer = io.BytesIO()
         torch.save(feats.contiguous(), buffer)

@@ -188,7 +188,7 @@ def final_predictions(done: dict[str, Any], ids: list[str], paths: dict[str, Pat
     import torch
 
     from dhr.utils.checkpoint import load_module
-    from dhr.utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
+    from dhr.utils.imagenet import normalize_rgb
     from dhr.utils.io import read_rgb
 
     final = done.get("final")
@@ -198,8 +198,7 @@ def final_predictions(done: dict[str, Any], ids: list[str], paths: dict[str, Pat
     module.infer = dict(final.outputs.get("infer") or module.infer)
     out = {}
     for image_id in ids:
-        rgb = np.asarray(read_rgb(paths[image_id]), dtype=np.float32) / 255.0
-        x = torch.from_numpy((rgb - np.float32(IMAGENET_MEAN)) / np.float32(IMAGENET_STD)).permute(2, 0, 1)[None]
+        x = torch.from_numpy(normalize_rgb(read_rgb(paths[image_id]))).permute(2, 0, 1)[None]
         with torch.no_grad():
             out[image_id] = module.predict_step({"image": x, "id": [image_id]}, 0)["label"][0].numpy()
     return out

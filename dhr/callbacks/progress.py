@@ -15,7 +15,9 @@ from typing import Any
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ProgressBar, RichProgressBar
 
-log = logging.getLogger("dhr.progress")
+from dhr.utils.progress import rate_and_eta
+
+log = logging.getLogger("dhr.progress")  # the same logger as dhr.utils.progress
 
 
 class LogProgress(ProgressBar):
@@ -47,12 +49,8 @@ class LogProgress(ProgressBar):
         if not force and now - self._last < self.every_seconds:
             return
         self._last = now
-        elapsed = now - self._start
-        rate = self._images / elapsed if elapsed > 0 else 0.0
-        known = isinstance(total, int) or (isinstance(total, float) and total != float("inf"))
-        eta = f", ETA {_clock(elapsed / done * (total - done))}" if known and done else ""
-        of = f"/{int(total)}" if known else ""
-        log.info("%s: step %d%s%s, %.1f images/s, elapsed %s%s", stage, done, of, extra, rate, _clock(elapsed), eta)
+        of = f"/{int(total)}" if total != float("inf") else ""
+        log.info("%s: step %d%s%s, %s", stage, done, of, extra, rate_and_eta(done, total, self._images, now - self._start))
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._begin()
@@ -85,11 +83,6 @@ class LogProgress(ProgressBar):
 def _batch_size(batch: Any) -> int:
     image = batch.get("image") if isinstance(batch, dict) else None
     return int(image.shape[0]) if image is not None else 1
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def progress_bar(every_seconds: float, terminal: bool | None = None) -> ProgressBar:

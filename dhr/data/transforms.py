@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from dhr.utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from dhr.utils.imagenet import IMAGENET_MEAN, IMAGENET_STD, normalize_rgb
 
 Sample = dict[str, Any]
 
@@ -125,8 +125,8 @@ class Normalize:
     std: Sequence[float] = IMAGENET_STD
 
     def __call__(self, sample: Sample) -> Sample:
-        image = np.asarray(sample["image"], dtype=np.float32) / 255.0
-        sample["image"] = (image - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+        image = normalize_rgb(sample["image"], self.mean, self.std)
+        sample["image"] = image
         sample["masks"] = {k: np.asarray(m, dtype=np.uint8) for k, m in sample["masks"].items()}
         h, w = image.shape[:2]
         geo: Geometry = sample["geometry"]

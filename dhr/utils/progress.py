@@ -16,6 +16,19 @@ log = logging.getLogger("dhr.progress")
 T = TypeVar("T")
 
 
+def clock(seconds: float) -> str:
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def rate_and_eta(done: int, total: float, count: int, elapsed: float) -> str:
+    """``N.N images/s, elapsed H:MM:SS[, ETA H:MM:SS]`` for ``done`` of ``total`` steps and ``count`` images."""
+    rate = count / elapsed if elapsed > 0 else 0.0
+    known = total != float("inf") and total > 0
+    eta = f", ETA {clock(elapsed / done * (total - done))}" if known and done else ""
+    return f"{rate:.1f} images/s, elapsed {clock(elapsed)}{eta}"
+
+
 class Progress:
     def __init__(self, total: int, desc: str, every_seconds: float = 30.0, terminal: bool | None = None) -> None:
         self.total, self.desc, self.every_seconds = int(total), desc, float(every_seconds)
@@ -35,10 +48,8 @@ class Progress:
         now = time.perf_counter()
         if now - self._last >= self.every_seconds or self.done >= self.total:
             self._last = now
-            elapsed = now - self._start
-            eta = elapsed / self.done * (self.total - self.done) if self.done else 0.0
-            log.info("%s: %d/%d, %.1f/s, elapsed %.0f s, ETA %.0f s", self.desc, self.done, self.total,
-                     self.done / elapsed if elapsed > 0 else 0.0, elapsed, eta)
+            log.info("%s: %d/%d, %s", self.desc, self.done, self.total,
+                     rate_and_eta(self.done, self.total, self.done, now - self._start))
 
     def close(self) -> None:
         if self._bar is not None:
