@@ -41,7 +41,7 @@ def load_teacher(ckpt: str | Path, backbone_cfg: dict[str, Any], num_queries: in
     """(frozen ViT, teacher head) from a dhr CAUSE checkpoint or an official ``CAUSE_{DATA}.pt``."""
     from dhr.errors import DHRError
     from dhr.models.cause_heads import SegmentTR
-    from dhr.models.vit import vit_from_cfg
+    from dhr.models.frozen import frozen_from_cfg
     from dhr.utils.checkpoint import read_checkpoint
 
     path = Path(ckpt)
@@ -54,7 +54,7 @@ def load_teacher(ckpt: str | Path, backbone_cfg: dict[str, Any], num_queries: in
         codebook = state["state_dict"]["codebook"]
     else:
         raise DHRError(f"{path}: neither a dhr CAUSE checkpoint nor the official {{decoder, codebook}} format")
-    vit = vit_from_cfg(backbone_cfg)
+    vit = frozen_from_cfg(backbone_cfg)
     if codebook.shape[1] != vit.embed_dim:
         raise DHRError(f"{path}: codebook is {codebook.shape[1]}-d but backbone {backbone_cfg['name']} gives "
                        f"{vit.embed_dim}-d tokens; pick the backbone the head was trained on")

@@ -19,7 +19,7 @@ from torch import nn
 
 from dhr.errors import DHRError
 from dhr.models.cause_heads import SegmentMLP, SegmentTR
-from dhr.models.vit import vit_from_cfg
+from dhr.models.frozen import frozen_from_cfg
 from dhr.modules.base import DHRLightningModule
 from dhr.ops.contrastive import ConceptBank, concept_contrastive_loss
 from dhr.ops.hungarian import hungarian_scores
@@ -73,7 +73,7 @@ class CauseModule(DHRLightningModule):
         if not isinstance(report_kmeans_seeds, int) or report_kmeans_seeds < 1:
             raise DHRError(f"model.report_kmeans_seeds={report_kmeans_seeds!r}: set a whole number of at least 1 "
                            "(the k-means baseline's seed count)")
-        object.__setattr__(self, "backbone", vit_from_cfg(backbone))  # not a registered child
+        object.__setattr__(self, "backbone", frozen_from_cfg(backbone))  # not a registered child
         if eval_crf:
             if crf is None:
                 raise DHRError("model.eval_crf=true needs the crf node (model.crf: ${crf}); or set model.eval_crf=false")
