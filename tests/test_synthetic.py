@@ -73,3 +73,22 @@ def test_xml_tags_match_mask_classes(synth_root):
     for image_id, ids in tags.items():
         mask = np.asarray(Image.open(layout.mask_path("train", image_id)))
         assert tuple(int(c) for c in np.unique(mask) if c != 0) == ids
+
+
+def test_object_radii_are_parameters_and_old_stamps_still_match(tmp_path):
+    import json
+
+    small = generate(tmp_path, "A", progress=False, **TINY_SYNTH)
+    stamp = json.loads((small / ".synthetic.json").read_text())
+    for key in ("large_radius", "minor_radius"):  # a folder made before the radii were parameters
+        stamp.pop(key)
+    (small / ".synthetic.json").write_text(json.dumps(stamp))
+    assert generate(tmp_path, "A", progress=False, **TINY_SYNTH) == small
+    sizes = {}
+    for name, radius in (("default", (0.03, 0.05)), ("paper", (0.05, 0.08))):
+        areas = []
+        for i in range(60):
+            _, label, _ = render(np.random.default_rng([3, i]), 200, 200, (0.25, 0.45), radius)
+            areas += [int((label == c).sum()) for c in (7, 8) if (label == c).any()]
+        sizes[name] = np.median(areas)
+    assert 2.0 < sizes["paper"] / sizes["default"] < 3.5  # area scales with the radius squared (1.6^2 = 2.6)

@@ -41,6 +41,8 @@ FAMILY_COLOURS = {"warm": (205, 95, 55), "cool": (60, 105, 200), "leaf": (75, 16
 MINOR_COLOURS = {"bolt": (235, 215, 45), "gem": (200, 60, 205)}
 LARGE_IDS = (1, 2, 3, 4, 5, 6)
 MINOR_IDS = (7, 8)
+LARGE_RADIUS = (0.16, 0.32)  # of the short side: the quick default's geometry
+MINOR_RADIUS = (0.03, 0.05)
 SPLIT_CODES = {"train": 0, "validation": 1}
 STAMP = ".synthetic.json"
 
@@ -87,8 +89,12 @@ def _boundary(mask: np.ndarray) -> np.ndarray:
     return mask & ~inner
 
 
-def render(rng: np.random.Generator, min_size: int, max_size: int) -> tuple[np.ndarray, np.ndarray, list[tuple[str, tuple[int, int, int, int]]]]:
-    """One image: (H, W, 3) uint8, (H, W) uint8 labels, and [(class name, box xyxy)]."""
+def render(rng: np.random.Generator, min_size: int, max_size: int, large_radius: tuple[float, float] = LARGE_RADIUS,
+           minor_radius: tuple[float, float] = MINOR_RADIUS) -> tuple[np.ndarray, np.ndarray, list[tuple[str, tuple[int, int, int, int]]]]:
+    """One image: (H, W, 3) uint8, (H, W) uint8 labels, and [(class name, box xyxy)].
+
+    Object radii are fractions of the image's short side, drawn uniformly from the ranges.
+    """
     h, w = (int(v) for v in rng.integers(min_size, max_size + 1, 2))
     grey = rng.uniform(95, 165)
     low = Image.fromarray(rng.normal(0, 1, (5, 5)).astype(np.float32), mode="F").resize((w, h), Image.BILINEAR)
@@ -103,7 +109,7 @@ def render(rng: np.random.Generator, min_size: int, max_size: int) -> tuple[np.n
     side = min(h, w)
     for _ in range(n_large):
         cls = int(rng.choice(LARGE_IDS))
-        r = side * rng.uniform(0.16, 0.32)
+        r = side * rng.uniform(*large_radius)
         m = _shape_mask(h, w, rng.uniform(0.2, 0.8) * h, rng.uniform(0.2, 0.8) * w, r, rng)
         image[m] = _texture(cls, h, w, rng)[m]
         label[m] = cls
@@ -118,7 +124,7 @@ def render(rng: np.random.Generator, min_size: int, max_size: int) -> tuple[np.n
         for _ in range(int(rng.integers(1, 3))):
             cy, cx = edge[rng.integers(len(edge))]
             cls = int(rng.choice(MINOR_IDS))
-            r = side * rng.uniform(0.03, 0.05)
+            r = side * rng.uniform(*minor_radius)
             canvas = Image.new("L", (w, h), 0)
             draw = ImageDraw.Draw(canvas)
             if cls == MINOR_IDS[0]:
@@ -149,6 +155,8 @@ def generate(
     num_val: int = 200,
     min_size: int = 104,
     max_size: int = 152,
+    large_radius: tuple[float, float] = LARGE_RADIUS,
+    minor_radius: tuple[float, float] = MINOR_RADIUS,
     seed: int = 0,
     progress: bool = True,
 ) -> Path:
@@ -158,7 +166,8 @@ def generate(
     telling the user to move it or to change ``dataset.name``.
     """
     params = dict(version=GENERATOR_VERSION, num_train=num_train, num_val=num_val,
-                  min_size=min_size, max_size=max_size, seed=seed)
+                  min_size=min_size, max_size=max_size, seed=seed,
+                  large_radius=[float(v) for v in large_radius], minor_radius=[float(v) for v in minor_radius])
     root = Path(data_root) / name
     if root.exists():
         _check_stamp(root, params)
@@ -176,7 +185,7 @@ def generate(
                 (tmp / split / sub).mkdir(parents=True)
             for index in range(count):
                 rng = np.random.default_rng([seed, SPLIT_CODES[split], index])
-                image, label, objects = render(rng, min_size, max_size)
+                image, label, objects = render(rng, min_size, max_size, tuple(large_radius), tuple(minor_radius))
                 image_id = f"{split[:2]}_{index:05d}"
                 buf = io.BytesIO()
                 Image.fromarray(image).save(buf, format="JPEG", quality=92)
@@ -210,6 +219,8 @@ def _check_stamp(root: Path, params: Mapping[str, Any]) -> None:
             f"{root} exists but was not made by the synthetic generator (no {STAMP}); move it "
             "away or set dataset.name to another folder"
         ) from None
+    # folders made before the radii were parameters used the defaults
+    found = {"large_radius": list(LARGE_RADIUS), "minor_radius": list(MINOR_RADIUS), **found} if isinstance(found, dict) else found
     if found != dict(params):
         raise DHRError(
             f"{root} was generated with {found}, not the requested {dict(params)}; delete the "
