@@ -12,6 +12,10 @@ On the validation split it prints, for the frozen backbone tokens and for the tr
   clusters on the tokens against the same on the teacher-head features.
 * **Hungarian-matched mIoU** with as many clusters as classes: k-means on the tokens, k-means
   on the teacher features, and the trained cluster probe (what ``model=cause`` reports).
+* **family merges** of the same clusterings, for a dataset with ``families`` (classes of one
+  colour on the synthetic set): the share of families whose classes share a cluster, of pairs of
+  families that do, and of families owning a cluster of their own (DINO on real images: high,
+  low, high).
 
 A diagnostic only: GT is never used for training.
 """
@@ -31,7 +35,7 @@ from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
 
 from dhr.conf_path import CONFIG_DIR  # noqa: E402
-from dhr.ops.hungarian import hungarian_scores  # noqa: E402
+from dhr.ops.hungarian import family_merges, hungarian_scores  # noqa: E402
 from dhr.ops.kmeans import spherical_kmeans  # noqa: E402
 from dhr.utils.checkpoint import model_weights, read_checkpoint  # noqa: E402
 
@@ -86,6 +90,7 @@ def main() -> None:
     datamodule = instantiate(cfg.data)
     datamodule.setup("validate")
     n = module.hparams.num_classes
+    classes = list(cfg.dataset.classes)
     tokens, feats, labels = [], [], []
     with torch.no_grad():
         for batch in datamodule.val_dataloader():
@@ -103,8 +108,14 @@ def main() -> None:
     for name, maps, centroids in (("k-means on tokens", tokens, kmeans_on(tokens, n)),
                                   ("k-means on teacher features", feats, kmeans_on(feats, n)),
                                   ("cluster probe (CAUSE)", feats, module.cluster_probe.detach())):
-        s = hungarian_scores(class_cluster_counts(maps, labels, centroids, n).T)
-        print(f"  {name:30s} {s.miou:5.1f} / {s.pixel_accuracy:5.1f}")
+        counts = class_cluster_counts(maps, labels, centroids, n)
+        s = hungarian_scores(counts.T)
+        line = f"  {name:30s} {s.miou:5.1f} / {s.pixel_accuracy:5.1f}"
+        families = [[classes.index(c) for c in fam] for fam in cfg.dataset.get("families") or []]
+        if families:
+            f = family_merges(counts, families)
+            line += f"   families: within {f.within:.2f}, across {f.across:.2f}, apart {f.families_apart:.2f}"
+        print(line)
 
 
 if __name__ == "__main__":

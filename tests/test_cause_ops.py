@@ -177,3 +177,21 @@ def test_unweighted_vit_is_the_same_in_every_process():
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     c = FrozenViT("vit_small_patch8_224", init_seed=1, **tiny)
     assert not torch.equal(a.vit.patch_embed.proj.weight, c.vit.patch_embed.proj.weight)
+
+
+def test_family_merges_counts_grouped_and_merged_families():
+    from dhr.ops.hungarian import family_merges
+
+    families = [[1, 2], [3, 4], [5, 6]]
+    counts = np.zeros((7, 4))
+    counts[[1, 2], 0] = 10     # family 0: one cluster of its own
+    counts[[3, 4], [1, 2]] = 10  # family 1: split over two clusters
+    counts[[5, 6], [2, 2]] = 10  # family 2: shares cluster 2 with family 1
+    f = family_merges(counts, families)
+    assert f.within == pytest.approx(2 / 3)
+    assert f.across == pytest.approx(1 / 3)
+    assert f.families_apart == pytest.approx(2 / 3)  # family 1 keeps cluster 1, family 2 owns none
+    counts[:, :] = 0
+    counts[1:7, 3] = 5           # everything in one cluster
+    f = family_merges(counts, families)
+    assert (f.within, f.across, f.families_apart) == (1.0, 1.0, 0.0)

@@ -40,3 +40,30 @@ def hungarian_scores(hist: np.ndarray) -> MatchedScores:
     total = matched.sum()
     return MatchedScores(assignment, iou, float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan"),
                          float(100.0 * tp.sum() / total) if total else float("nan"))
+
+
+@dataclass(frozen=True)
+class FamilyMerges:
+    within: float  # share of families whose classes all have the same majority cluster
+    across: float  # share of pairs of families with a majority cluster in common (lower is better)
+    families_apart: float  # share of families owning a majority cluster no other family has
+
+
+def family_merges(class_cluster: np.ndarray, families: list[list[int]]) -> FamilyMerges:
+    """How a clustering treats families of similar classes, from (classes, clusters) pixel counts.
+
+    DINO-based CAUSE on real images puts related classes (a family) in one cluster and keeps
+    unrelated families apart; DHR's Step 3 is built for that regime (``dhr-method.md`` §5.5).
+    Each class is represented by its majority cluster; classes without pixels are skipped.
+    """
+    counts = np.asarray(class_cluster)
+    majority = {c: int(counts[c].argmax()) for fam in families for c in fam if counts[c].sum() > 0}
+    clusters = [{majority[c] for c in fam if c in majority} for fam in families]
+    present = [i for i, s in enumerate(clusters) if s]
+    if not present:
+        raise ValueError("no family class has pixels")
+    within = np.mean([len(clusters[i]) == 1 and len([c for c in families[i] if c in majority]) > 1 for i in present])
+    pairs = [(i, j) for a, i in enumerate(present) for j in present[a + 1:]]
+    across = np.mean([bool(clusters[i] & clusters[j]) for i, j in pairs]) if pairs else 0.0
+    apart = np.mean([bool(clusters[i] - set().union(*(clusters[j] for j in present if j != i))) for i in present])
+    return FamilyMerges(float(within), float(across), float(apart))
