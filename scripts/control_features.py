@@ -1,6 +1,6 @@
 """Control "USS" features for the synthetic set, to tell DHR's algorithm from its features.
 
-    python scripts/control_features.py --kind colour|oracle [--data-root DIR] [--split train] [--patch 8]
+    python scripts/control_features.py --kind colour|oracle [--data-root DIR] [--dataset SYNTH] [--split train] [--patch 8]
 
 Saved like ``dhr.features`` output (fp16 maps on the exporter's grid ceil_p(int(2H))/p x
 ceil_p(int(2W))/p, a manifest with the patch) under ``{split}/COLOUR`` or ``{split}/ORACLE``:
@@ -52,11 +52,12 @@ def oracle_map(split_dir: Path, stem: str, path: Path, patch: int, num_classes: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", default=os.environ.get("DHR_DATA", "data"))
+    parser.add_argument("--dataset", default="SYNTH", help="the generated set's folder (SYNTH, SYNTH_QUICK, SYNTH_PAPER)")
     parser.add_argument("--split", default="train")
     parser.add_argument("--kind", choices=("colour", "oracle"), default="colour")
     parser.add_argument("--patch", type=int, default=8)
     args = parser.parse_args()
-    split_dir = Path(args.data_root) / "SYNTH" / args.split
+    split_dir = Path(args.data_root) / args.dataset / args.split
     out = split_dir / args.kind.upper()
     make = colour_map if args.kind == "colour" else oracle_map
     count = 0
