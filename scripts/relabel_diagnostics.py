@@ -32,7 +32,7 @@ from dhr.ops.metrics import scores_from_confusion  # noqa: E402
 from dhr.ops.relabel import relabel  # noqa: E402
 from dhr.utils.checkpoint import MODULE_KEY, model_weights, module_class, read_checkpoint  # noqa: E402
 
-SETTINGS = {"seeds": None, "1": [1], "1,2": [1, 2], "1,2,3": [1, 2, 3], "2,3": [2, 3]}
+SETTINGS = {"seeds": None, "1": [1], "1,2": [1, 2], "1,2,3": [1, 2, 3], "2": [2], "2,3": [2, 3]}
 
 
 def confusion(pred: torch.Tensor, gt: torch.Tensor, n: int) -> np.ndarray:
