@@ -63,7 +63,7 @@ def test_features_only_backbone_holds_the_packaged_weights_and_renormalises(clas
     own = (torch.from_numpy(rgb.astype(np.float32) / 255).permute(2, 0, 1)[None] - 0.5) / 0.5
     with torch.no_grad():
         c5 = net(imagenet)[-1]
-        # the classifier's trunk on its own normalisation: stem + blocks = C5 at stride 32 ... here OS 16
+        # the same network fed its own normalisation directly, without the re-normalising hook
         plain = create_backbone("tf_efficientnet_lite0", output_stride=16, weights_package=PACKAGE).eval()(own)[-1]
     torch.testing.assert_close(c5, plain, rtol=1e-4, atol=1e-4)
     assert c5.shape[-1] == 6
