@@ -220,7 +220,7 @@ def _check_stamp(root: Path, params: Mapping[str, Any]) -> None:
             "away or set dataset.name to another folder"
         ) from None
     # folders made before the radii were parameters used the defaults
-    found = {"large_radius": list(LARGE_RADIUS), "minor_radius": list(MINOR_RADIUS), **found} if isinstance(found, dict) else found
+    found = {"large_radius": list(LARGE_RADIUS), "minor_radius": list(MINOR_RADIUS), **found}
     if found != dict(params):
         raise DHRError(
             f"{root} was generated with {found}, not the requested {dict(params)}; delete the "

@@ -1,9 +1,9 @@
 """Frozen USS backbones for CAUSE: a ViT's patch tokens, or one map of a pretrained CNN.
 
 Both give (B, D, h, w) with ``embed_dim`` D and ``patch_size`` (the map's stride), which is all
-CAUSE and the feature export read. A CNN here is a project choice (``docs/cause.md``): the
-embedded default has no DINO ViT, and ImageNet EfficientNet-Lite0 features group its colour
-families the way DINO features group semantic families on real images.
+CAUSE and the feature export read. A CNN here is a project choice, measured in
+``docs/cause.md``: on the synthetic sets the ImageNet EfficientNet-Lite0 maps merge the colour
+families, where the tiny random ViT keeps them apart, so the defaults keep the ViT.
 """
 
 from __future__ import annotations
