@@ -219,8 +219,8 @@ def _check_stamp(root: Path, params: Mapping[str, Any]) -> None:
             f"{root} exists but was not made by the synthetic generator (no {STAMP}); move it "
             "away or set dataset.name to another folder"
         ) from None
-    # folders made before the radii were parameters used the defaults
-    found = {"large_radius": list(LARGE_RADIUS), "minor_radius": list(MINOR_RADIUS), **found}
+    if isinstance(found, dict):  # folders made before the radii were parameters used the defaults
+        found = {"large_radius": list(LARGE_RADIUS), "minor_radius": list(MINOR_RADIUS), **found}
     if found != dict(params):
         raise DHRError(
             f"{root} was generated with {found}, not the requested {dict(params)}; delete the "
