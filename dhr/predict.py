@@ -13,16 +13,21 @@ from dhr.utils.cli import hydra_entry
 log = logging.getLogger(__name__)
 
 
+VOC_SERVER_DIR = Path("results", "VOC2012", "Segmentation", "comp5_test_cls")  # the evaluation server's layout
+
+
 def resolve_out_dir(cfg: DictConfig) -> Path:
     """``out_dir``, else ``{seeds_dir}/{split folder}`` for seed models, else ``<run>/predictions/{split}``."""
     if cfg.get("out_dir"):
-        return Path(cfg.out_dir)
-    if cfg.get("seeds_dir"):
+        out = Path(cfg.out_dir)
+    elif cfg.get("seeds_dir"):
         from dhr.data.layout import DatasetInfo
 
         info = DatasetInfo.from_cfg(OmegaConf.to_container(cfg.dataset, resolve=True))
-        return Path(cfg.seeds_dir) / info.split_dir_name(cfg.split)
-    return Path(cfg.paths.output_dir) / "predictions" / str(cfg.split)
+        out = Path(cfg.seeds_dir) / info.split_dir_name(cfg.split)
+    else:
+        out = Path(cfg.paths.output_dir) / "predictions" / str(cfg.split)
+    return out
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -41,6 +46,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     crf = getattr(module, "writes_crf", False) and bool(cfg.infer.get("crf", False))
     # CAM seeds, DHR masks: the CRF-refined maps are the result; the maps before the CRF go beside them
     out_dirs = {"label_crf": out_dir, "label": out_dir.with_name(out_dir.name + "_nocrf")} if crf else {"label": out_dir}
+    if cfg.get("voc_server"):  # each folder holds results/VOC2012/Segmentation/comp5_test_cls/, ready to tar
+        out_dirs = {key: folder / VOC_SERVER_DIR for key, folder in out_dirs.items()}
+        out_dir = out_dir / VOC_SERVER_DIR
     for folder in out_dirs.values():
         check_out_dir(folder, cfg.overwrite)
     datamodule = instantiate(cfg.data, predict_split=cfg.split, val_split=None, validate="quick", with_tags=needs_tags,

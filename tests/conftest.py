@@ -126,3 +126,12 @@ def predict_overrides(data_root: Path, ckpt: Path, *extra: str) -> list[str]:
     """``dhr.predict`` of ``ckpt`` on the tiny synthetic set, single scale, in this process."""
     return [f"paths.data_root={data_root}", f"ckpt={ckpt}", "infer.scales=[1.0]", f"trainer.accelerator={TEST_ACCELERATOR}",
             "data.num_workers=0", "dataset.generate=null", *extra]
+
+
+def tiny_mask2former_overrides(data_root: Path) -> list[str]:
+    """``dhr.train model=mask2former`` on the tiny synthetic set: a 32-d decoder, 6 queries, 3 layers."""
+    deeplab_only = ("model.aspp_channels", "model.low_level_channels")
+    return [*(o for o in tiny_train_overrides(data_root) if not o.startswith(deeplab_only)),
+            "model=mask2former", "model.num_queries=6", "model.dec_layers=3", "model.hidden_dim=32",
+            "model.mask_dim=32", "model.enc_layers=1", "model.dim_feedforward=64", "model.enc_dim_feedforward=64",
+            "model.nheads=2", "model.train_num_points=400", "recipe.crop_size=64"]

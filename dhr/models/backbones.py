@@ -50,7 +50,9 @@ def create_backbone(
 
     if output_stride not in (8, 16, 32):
         raise DHRError(f"backbone.output_stride={output_stride}: use 8, 16 or 32")
-    create_kwargs: dict[str, Any] = dict(features_only=True, out_indices=out_indices, output_stride=output_stride, **kwargs)
+    create_kwargs: dict[str, Any] = dict(features_only=True, out_indices=tuple(out_indices), **kwargs)
+    if output_stride != 32:  # 32 is every model's own; Swin takes no output_stride argument
+        create_kwargs["output_stride"] = output_stride
     if weights:
         path = Path(weights).expanduser()
         if not path.is_file():

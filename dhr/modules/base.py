@@ -11,7 +11,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
+import torch
 
 from dhr.ops.crf import CRFParams, CRFPool
 from dhr.utils.checkpoint import MODULE_KEY, module_tag
@@ -28,6 +30,14 @@ class DHRLightningModule(pl.LightningModule):
         if self.crf_pool is not None:
             self.crf_pool.close()
         self.crf_pool = CRFPool(params)
+
+    def crf_labels(self, images: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """(N, H, W) uint8 argmax of the dense CRF on (N, C, H, W) non-negative class scores (normalised here)."""
+        if self.crf_pool is None:
+            raise RuntimeError("no CRF pool: call init_crf or set_crf first")
+        probs = scores / scores.sum(1, keepdim=True).clamp_min(1e-5)
+        q = self.crf_pool.on_normalised(list(images.float().cpu().numpy()), list(probs.float().cpu().numpy()))
+        return torch.from_numpy(np.stack(q).argmax(1).astype(np.uint8))
 
     def teardown(self, stage: str) -> None:
         if self.crf_pool is not None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -88,9 +87,7 @@ class CAMModule(DHRLightningModule):
         labels = scores.argmax(1)
         out = {"id": batch["id"], "label": labels.to(torch.uint8).cpu()}
         if inf["crf"]:
-            probs = scores / scores.sum(1, keepdim=True).clamp_min(1e-5)
-            q = self.crf_pool.on_normalised(list(batch["image"].float().cpu().numpy()), list(probs.float().cpu().numpy()))
-            out["label_crf"] = torch.from_numpy(np.stack(q).argmax(1).astype(np.uint8))
+            out["label_crf"] = self.crf_labels(batch["image"], scores)
         return out
 
     def configure_optimizers(self) -> dict[str, Any]:

@@ -41,6 +41,7 @@ class SegmentationModule(DHRLightningModule):
     """Every value comes from ``conf/model/deeplabv3plus.yaml``; ``infer`` is set by whoever predicts."""
 
     infer_keys: tuple[str, ...] = ("scales", "flip")  # the infer node's keys predict_step reads
+    writes_crf = True  # with infer.crf, predictions come in a CRF and a no-CRF version
 
     def __init__(
         self,
@@ -96,7 +97,10 @@ class SegmentationModule(DHRLightningModule):
     # -- prediction -----------------------------------------------------------------------------
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         probs = multiscale_probs(self.net, batch["image"], self.infer["scales"], self.infer["flip"])
-        return {"id": batch["id"], "label": probs.argmax(1).to(torch.uint8).cpu()}
+        out = {"id": batch["id"], "label": probs.argmax(1).to(torch.uint8).cpu()}
+        if self.infer.get("crf"):
+            out["label_crf"] = self.crf_labels(batch["image"], probs)
+        return out
 
     # -- optimisation ---------------------------------------------------------------------------
     def head_parameters(self) -> list[torch.nn.Parameter]:

@@ -60,15 +60,20 @@ def multiscale_flip(fn: Callable[[torch.Tensor], torch.Tensor], image: torch.Ten
 
 
 def multiscale_probs(net: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor,
-                     scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0), flip: bool = True) -> torch.Tensor:
+                     scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0), flip: bool = True,
+                     softmax: bool = True) -> torch.Tensor:
     """Averaged softmax maps (N, C, H, W) at the input size (§9 item 2).
 
     Per scale: softmax of the logits, resized to the scale-1 logit size (stride 4 when 1.0 is not
     among the scales), un-flipped; averaged; resized to H x W. Bilinear, align_corners=True.
+    ``softmax=False``: ``net`` already gives class scores (Mask2Former's semantic inference).
     """
     h, w = image.shape[-2:]
     ordered = sorted(scales, key=lambda v: v != 1.0)  # scale 1.0 first: it fixes the logit size
     base = None if 1.0 in scales else (math.ceil(h / 4), math.ceil(w / 4))
-    total, count = multiscale_flip(lambda x: torch.softmax(net(x).float(), dim=1), image, ordered, flip=flip,
-                                   align_corners=True, out_size=base)
+    def scores(x: torch.Tensor) -> torch.Tensor:
+        y = net(x).float()
+        return torch.softmax(y, dim=1) if softmax else y
+
+    total, count = multiscale_flip(scores, image, ordered, flip=flip, align_corners=True, out_size=base)
     return resize(total / count, (h, w), True)
