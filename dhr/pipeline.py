@@ -110,7 +110,7 @@ def stage_outputs(name: str, stage_dir: Path, cfgs: dict[str, DictConfig]) -> di
     split = info.split_dir_name(train.data.val_split)
     return {"ckpt": str(stage_dir / "train" / "checkpoints" / "last.ckpt"), "split": "val",
             "scores": str(stage_dir / "train" / "predictions" / f"{split}_scores.json"),
-            "infer": OmegaConf.to_container(train.infer, resolve=True)}
+            "infer": OmegaConf.to_container(train.infer, resolve=True), "model": str(train.tag)}
 
 
 # -- composing, hashing, running ---------------------------------------------------------------

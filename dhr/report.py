@@ -44,6 +44,8 @@ def protocol(name: str, outputs: dict[str, Any]) -> dict[str, Any]:
                            "crf": bool(infer.get("crf", False))}
     if "source" in outputs:
         return {**out, "made_by": outputs["source"], "scales": None, "flip": None, "crf": None}
+    if "model" in outputs:  # final, baseline, ceiling: which segmentation model (pipeline.final_model)
+        out["model"] = outputs["model"]
     if name == "seeds":
         out["thresholds"] = {"bg_mode": infer.get("bg_mode"), "bg_gamma": infer.get("bg_gamma"),
                              "bg_threshold": infer.get("bg_threshold"),

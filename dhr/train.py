@@ -93,6 +93,16 @@ def fit_stages(cfg: DictConfig, model: Any, datamodule: Any, loggers: list[Any],
     return trainer
 
 
+def report_reference(reference: Any, scores: dict[str, Any], split: str) -> None:
+    """Print the preset's published number next to this run's (``reference`` of ``conf/experiment``)."""
+    if not reference:
+        return
+    ours = scores.get("mIoU")
+    ours_text = f"{100 * ours:.1f}" if isinstance(ours, float) else "n/a"
+    print(f"reference: {reference['miou']} mIoU on {reference['split']} ({reference['source']}); "
+          f"this run: {ours_text} on {split}")
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train (and evaluate); returns the final metrics."""
     import pytorch_lightning as pl
@@ -128,6 +138,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             predict_to_folder(model, datamodule, cfg.trainer, pred_dir, progress=cfg.callbacks.get("progress_bar"))
             scores = evaluate_split(datamodule, pred_dir, split, tag=cfg.tag)
             metrics.update({f"eval/{k}": v for k, v in scores.items() if isinstance(v, float)})
+            report_reference(cfg.get("reference"), scores, datamodule.info.split_dir_name(split))
     finally:
         if any(type(lg).__name__ == "WandbLogger" for lg in loggers):
             import wandb

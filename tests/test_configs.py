@@ -115,3 +115,28 @@ def test_experiment_sets_the_published_recipe(tmp_path):
     assert cfg.dataset.name == "VOC2012" and cfg.backbone.name == "resnet101" and cfg.backbone.output_stride == 8
     assert cfg.recipe.crop_size == 512 and cfg.recipe.batch_size == 16
     assert list(cfg.infer.scales) == [1.0, 0.5, 1.5, 2.0]
+
+
+@pytest.mark.parametrize("data", ["voc", "coco", "context", "ade", "stuff"])
+def test_final_stage_presets_of_every_benchmark(tmp_path, data):
+    deeplab = compose_cfg("train", [f"experiment={data}_deeplabv3plus_r101"], tmp_path / "d")
+    assert deeplab.backbone.name == "resnet101" and deeplab.backbone.output_stride == 8
+    assert deeplab.model._target_.endswith("SegmentationModule")
+    m2f = compose_cfg("train", [f"experiment={data}_mask2former_swin_l"], tmp_path / "m")
+    assert m2f.backbone.name.startswith("swin_large") and m2f.model._target_.endswith("Mask2FormerModule")
+    assert m2f.trainer.precision == "16-mixed" and m2f.model.optim.lr == 1e-4 and m2f.model.optim.backbone_lr_mult == 0.1
+    assert m2f.recipe.crop_size == (640 if data == "ade" else 512) and m2f.tag == "Mask2Former"
+    papers = {"voc": (79.6, 81.7)}.get(data)
+    if papers:
+        assert (deeplab.reference.miou, m2f.reference.miou) == papers
+    else:
+        assert deeplab.reference is None and m2f.reference is None
+
+
+def test_the_reference_is_printed_next_to_the_run(capsys):
+    from dhr.train import report_reference
+
+    report_reference({"miou": 81.7, "split": "val", "source": "README"}, {"mIoU": 0.5}, "val")
+    assert "reference: 81.7 mIoU on val (README); this run: 50.0 on val" in capsys.readouterr().out
+    report_reference(None, {"mIoU": 0.5}, "val")
+    assert capsys.readouterr().out == ""

@@ -83,9 +83,12 @@ def test_swin_maps_reach_the_decoder_channels_first():
     assert [tuple(m.shape) for m in maps] == [(1, 16, 16, 16), (1, 32, 8, 8), (1, 64, 4, 4), (1, 128, 2, 2)]
 
 
-def test_a_dilated_backbone_is_refused_with_the_reason():
+def test_a_dilated_last_stage_works_and_three_maps_are_refused():
+    net = Mask2Former(backbone=create_backbone("resnet18", output_stride=16), num_classes=3, **TINY).eval()
+    with torch.no_grad():
+        assert net(torch.randn(1, 3, 64, 64))[-1][1].shape == (1, 6, 16, 16)
     with pytest.raises(DHRError, match="strides"):
-        Mask2Former(backbone=create_backbone("resnet18", output_stride=16), num_classes=3, **TINY)
+        Mask2Former(backbone=create_backbone("resnet18", out_indices=(2, 3, 4)), num_classes=3, **TINY)
 
 
 def test_building_never_opens_a_connection(monkeypatch):
@@ -191,3 +194,19 @@ def test_param_groups_follow_the_official_recipe():
     assert setting[id(net.hf.class_predictor.weight)] == pytest.approx((1e-4, 0.05))
     layer_norms = [m for m in net.hf.modules() if isinstance(m, nn.LayerNorm)]
     assert layer_norms and all(setting[id(m.weight)] == pytest.approx((1e-4, 0.0)) for m in layer_norms)
+
+
+@pytest.mark.parametrize("layout", ["timm", "official"])
+def test_swin_weights_load_from_a_local_file(tmp_path, layout):
+    import timm
+
+    name = "swin_large_patch4_window12_384"
+    kwargs = {k: v for k, v in TINY_SWIN.items() if k != "out_indices"}
+    full = timm.create_model(name, pretrained=False, **kwargs)
+    state = full.state_dict()
+    if layout == "official":  # microsoft/Swin-Transformer: {"model": ...} with the index buffers saved too
+        state = {"model": {**state, "layers.0.blocks.0.attn.relative_position_index": torch.zeros(16, 16, dtype=torch.long)}}
+    path = tmp_path / "swin.pth"
+    torch.save(state, path)
+    backbone = create_backbone(name, output_stride=32, weights=path, **TINY_SWIN)
+    assert torch.equal(backbone.state_dict()["layers_0.blocks.0.attn.qkv.weight"], full.layers[0].blocks[0].attn.qkv.weight)

@@ -25,7 +25,7 @@ from torch import nn
 
 from dhr.errors import DHRError
 
-MASK2FORMER_STRIDES = (4, 8, 16, 32)  # the pixel decoder's inputs: C2..C5
+MASK2FORMER_STRIDES = (4, 8, 16, 32)  # the pixel decoder's inputs: C2..C5 (the official, undilated backbone)
 
 
 class Targets(NamedTuple):
@@ -66,9 +66,9 @@ class TimmPixelEncoder(nn.Module):
     def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
         reductions = tuple(backbone.feature_info.reduction())
-        if reductions != MASK2FORMER_STRIDES:
-            raise DHRError(f"Mask2Former's pixel decoder reads maps at strides {MASK2FORMER_STRIDES}; this backbone "
-                           f"gives {reductions}: use an undilated backbone (output stride 32) with four stages")
+        if len(reductions) != 4 or reductions[:2] != MASK2FORMER_STRIDES[:2] or list(reductions) != sorted(reductions):
+            raise DHRError(f"Mask2Former's pixel decoder reads four maps at strides {MASK2FORMER_STRIDES} (a dilated "
+                           f"last stage, e.g. 4, 8, 16, 16, also works); this backbone gives {reductions}")
         self.backbone = backbone
         self.channels = list(backbone.feature_info.channels())
         fmt = getattr(backbone, "output_fmt", "NCHW")

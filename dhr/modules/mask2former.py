@@ -9,7 +9,6 @@ schedule, the whole model's gradient norm clipped at 0.01.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import numpy as np
@@ -18,23 +17,17 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from dhr.errors import DHRError
 from dhr.models.backbones import backbone_from_cfg
-from dhr.models.mask2former import MASK2FORMER_STRIDES, Mask2Former, semantic_inference, semantic_to_instances
+from dhr.models.mask2former import Mask2Former, semantic_inference, semantic_to_instances
 from dhr.modules.base import DHRLightningModule
 from dhr.modules.optim import AdamWConfig, poly_adamw
 from dhr.ops.inference import multiscale_probs
 from dhr.ops.metrics import scores_from_confusion
 
-log = logging.getLogger(__name__)
 
-
-def build_mask2former(*, num_classes: int, backbone: dict[str, Any], **settings: Any) -> Mask2Former:
-    """Mask2Former on a ``conf/backbone`` node; CNNs run undilated (output stride 32), as the pixel decoder needs."""
-    backbone = dict(backbone)
-    stride = int(backbone.get("output_stride", 32))
-    if stride != MASK2FORMER_STRIDES[-1]:
-        log.info("Mask2Former reads the backbone at strides %s: backbone.output_stride=%d (the DeepLab setting) "
-                 "is replaced by 32", MASK2FORMER_STRIDES, stride)
-    backbone["output_stride"] = MASK2FORMER_STRIDES[-1]
+def build_mask2former(*, num_classes: int, backbone: dict[str, Any], output_stride: int, **settings: Any) -> Mask2Former:
+    """Mask2Former on a ``conf/backbone`` node at ``output_stride`` (``model.output_stride``, not the DeepLab
+    setting ``backbone.output_stride``): 32 is the official undilated backbone."""
+    backbone = {**backbone, "output_stride": output_stride}
     net, _ = backbone_from_cfg(backbone)
     return Mask2Former(backbone=net, num_classes=num_classes, **settings)
 
@@ -45,7 +38,7 @@ class Mask2FormerModule(DHRLightningModule):
     infer_keys: tuple[str, ...] = ("scales", "flip")
     writes_crf = True  # with infer.crf, predictions come in a CRF and a no-CRF version
 
-    def __init__(self, *, num_classes: int, backbone: dict[str, Any], ignore_index: int, num_queries: int,
+    def __init__(self, *, num_classes: int, backbone: dict[str, Any], ignore_index: int, output_stride: int, num_queries: int,
                  dec_layers: int, hidden_dim: int, mask_dim: int, enc_layers: int, dim_feedforward: int,
                  enc_dim_feedforward: int, nheads: int, class_weight: float, mask_weight: float, dice_weight: float,
                  no_object_weight: float, train_num_points: int, oversample_ratio: float,
@@ -56,7 +49,7 @@ class Mask2FormerModule(DHRLightningModule):
         self.infer: dict[str, Any] = {"scales": [1.0], "flip": False}
         self.ignore_index = ignore_index
         self.net = build_mask2former(
-            num_classes=num_classes, backbone=backbone, num_queries=num_queries, dec_layers=dec_layers,
+            num_classes=num_classes, backbone=backbone, output_stride=output_stride, num_queries=num_queries, dec_layers=dec_layers,
             hidden_dim=hidden_dim, mask_dim=mask_dim, enc_layers=enc_layers, dim_feedforward=dim_feedforward,
             enc_dim_feedforward=enc_dim_feedforward, nheads=nheads, class_weight=class_weight,
             mask_weight=mask_weight, dice_weight=dice_weight, no_object_weight=no_object_weight,
