@@ -200,3 +200,18 @@ def test_the_paper_preset_sets_dataset_and_the_pretrained_backbone_of_each_stage
     uss_train, _ = stage_steps("uss", cfg, common, {})
     uss = compose_step(uss_train, tmp_path / "uss", [])
     assert uss.dataset.name == "SYNTH_PAPER" and uss.model.resolution == 256 and "vit" in uss.backbone.name
+
+
+def test_final_model_mask2former_reaches_final_and_baseline(tmp_path):
+    """pipeline.final_model=mask2former_small: final and baseline train Mask2Former on the DHR masks / the seeds."""
+    from dhr.pipeline import StageResult, compose_step, stage_steps
+
+    cfg = compose_cfg("pipeline", ["pipeline.final_model=mask2former_small"], tmp_path / "pipe")
+    done = {"dhr": StageResult("ran", outputs={"masks": str(tmp_path / "dhr_masks")}),
+            "seeds": StageResult("ran", outputs={"masks": str(tmp_path / "seeds")})}
+    for stage, masks in (("final", "dhr_masks"), ("baseline", "seeds")):
+        (step,) = stage_steps(stage, cfg, ["dataset=synthetic_quick"], done)
+        composed = compose_step(step, tmp_path / stage, ["model.aspp_channels=16", "model.num_queries=7"])
+        assert composed.model._target_ == "dhr.modules.mask2former.Mask2FormerModule" and composed.tag == "Mask2Former"
+        assert composed.model.num_queries == 7 and "aspp_channels" not in composed.model  # routed where the key exists
+        assert composed.data.seeds_dir == str(tmp_path / masks)

@@ -71,6 +71,12 @@ def test_predict_cli_writes_pngs_and_refuses_to_overwrite(tmp_path, synth_root):
     with pytest.raises(DHRError, match="already holds predictions"):
         predict(compose_cfg("predict", overrides, tmp_path / "p2"))
     predict(compose_cfg("predict", [*overrides, "overwrite=true"], tmp_path / "p3"))
+    crf_out = tmp_path / "crf"  # infer.crf: the CRF-refined maps, and beside them the maps before the CRF
+    crf_overrides = predict_overrides(synth_root, ckpt, f"out_dir={crf_out}", "split=train", "infer.flip=false", "infer.crf=true",
+                                      "crf.processes=1")
+    with_crf = predict(compose_cfg("predict", crf_overrides, tmp_path / "p4"))
+    assert len(list(crf_out.glob("*.png"))) == len(list((tmp_path / "crf_nocrf").glob("*.png"))) == 24
+    assert with_crf["scores_label"]["mIoU"] == pytest.approx(result["scores"]["mIoU"])  # no-CRF maps: as before
 
 
 def test_bad_training_mask_fails_before_training(tmp_path, synth_root):
