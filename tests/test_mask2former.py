@@ -210,3 +210,14 @@ def test_swin_weights_load_from_a_local_file(tmp_path, layout):
     torch.save(state, path)
     backbone = create_backbone(name, output_stride=32, weights=path, **TINY_SWIN)
     assert torch.equal(backbone.state_dict()["layers_0.blocks.0.attn.qkv.weight"], full.layers[0].blocks[0].attn.qkv.weight)
+
+
+def test_an_unlabelled_image_in_the_batch_adds_no_mask_loss():
+    net = tiny_net()
+    masks = torch.randint(0, 4, (2, 64, 64))
+    masks[1] = 255  # the second crop holds no label at all
+    layers, targets = _outputs_and_targets(net, masks)
+    losses = net.criterion(layers[-1][0], layers[-1][1], targets, layers[:-1])
+    assert all(torch.isfinite(v) for v in losses.values())
+    alone = net.criterion(layers[-1][0][:1], layers[-1][1][:1], targets[:1], [(c[:1], m[:1]) for c, m in layers[:-1]])
+    assert losses["loss_dice"].item() == pytest.approx(alone["loss_dice"].item(), rel=0.2)  # same masks, same count

@@ -88,16 +88,6 @@ def _point_sample(x: torch.Tensor, points: torch.Tensor, padding_mode: str = "ze
     return F.grid_sample(x, 2.0 * points[:, :, None] - 1.0, align_corners=False, padding_mode=padding_mode)[:, 0, :, 0]
 
 
-def _loss_classes() -> tuple[type, type]:
-    """HF's matcher and loss classes, imported when a model is built (transformers is imported lazily)."""
-    from transformers.models.mask2former.modeling_mask2former import (
-        Mask2FormerHungarianMatcher,
-        Mask2FormerLoss,
-    )
-
-    return Mask2FormerHungarianMatcher, Mask2FormerLoss
-
-
 class SemanticMask2FormerLoss(nn.Module):
     """HF's Mask2Former loss with ignore pixels weighted out, and a DDP-aware mask count.
 
@@ -106,12 +96,12 @@ class SemanticMask2FormerLoss(nn.Module):
     """
 
     def __init__(self, config: Any, *, exclude_ignore: bool = True) -> None:
+        from transformers.models.mask2former.modeling_mask2former import Mask2FormerLoss
+
         super().__init__()
-        matcher_cls, loss_cls = _loss_classes()
-        self.hf = loss_cls(config, weight_dict={"loss_cross_entropy": config.class_weight,
-                                                "loss_mask": config.mask_weight, "loss_dice": config.dice_weight})
-        self.matcher: Any = matcher_cls(cost_class=config.class_weight, cost_mask=config.mask_weight,
-                                        cost_dice=config.dice_weight, num_points=config.train_num_points)
+        self.hf = Mask2FormerLoss(config, weight_dict={"loss_cross_entropy": config.class_weight,
+                                                       "loss_mask": config.mask_weight, "loss_dice": config.dice_weight})
+        self.matcher: Any = self.hf.matcher  # its cost weights and point count; the matching itself is ours
         self.exclude_ignore = exclude_ignore
 
     def num_masks(self, targets: Sequence[Targets], device: torch.device) -> torch.Tensor:
