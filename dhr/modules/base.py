@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 
 from dhr.ops.crf import CRFParams, CRFPool
+from dhr.ops.metrics import scores_from_confusion
 from dhr.utils.checkpoint import MODULE_KEY, module_tag
 
 
@@ -38,6 +39,14 @@ class DHRLightningModule(pl.LightningModule):
         probs = scores / scores.sum(1, keepdim=True).clamp_min(1e-5)
         q = self.crf_pool.on_normalised(list(images.float().cpu().numpy()), list(probs.float().cpu().numpy()))
         return torch.from_numpy(np.stack(q).argmax(1).astype(np.uint8))
+
+    def log_val_confusion(self, confusion: Any) -> None:
+        """Log val/mIoU, val/mFPR, val/mFNR (the official metric) of an accumulated confusion matrix; reset it."""
+        conf = confusion.compute().cpu().numpy().astype(np.int64)
+        confusion.reset()
+        scores = scores_from_confusion(conf)
+        for name, value in (("mIoU", scores.miou), ("mFPR", scores.mfpr), ("mFNR", scores.mfnr)):
+            self.log(f"val/{name}", float(np.nan_to_num(value)), prog_bar=name == "mIoU", sync_dist=False)
 
     def teardown(self, stage: str) -> None:
         if self.crf_pool is not None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from torchmetrics.classification import MulticlassConfusionMatrix
 
@@ -21,7 +20,6 @@ from dhr.models.mask2former import Mask2Former, semantic_inference, semantic_to_
 from dhr.modules.base import DHRLightningModule
 from dhr.modules.optim import AdamWConfig, poly_adamw
 from dhr.ops.inference import multiscale_probs
-from dhr.ops.metrics import scores_from_confusion
 
 
 def build_mask2former(*, num_classes: int, backbone: dict[str, Any], output_stride: int, **settings: Any) -> Mask2Former:
@@ -92,11 +90,7 @@ class Mask2FormerModule(DHRLightningModule):
         self.val_confusion.update(scores.argmax(1), batch["mask"])
 
     def on_validation_epoch_end(self) -> None:
-        conf = self.val_confusion.compute().cpu().numpy().astype(np.int64)
-        self.val_confusion.reset()
-        scores = scores_from_confusion(conf)
-        for name, value in (("mIoU", scores.miou), ("mFPR", scores.mfpr), ("mFNR", scores.mfnr)):
-            self.log(f"val/{name}", float(np.nan_to_num(value)), prog_bar=name == "mIoU", sync_dist=False)
+        self.log_val_confusion(self.val_confusion)
 
     # -- prediction -----------------------------------------------------------------------------
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torchmetrics.classification import MulticlassConfusionMatrix
@@ -20,7 +19,6 @@ from dhr.models.deeplabv3plus import DeepLabV3Plus
 from dhr.modules.base import DHRLightningModule
 from dhr.modules.optim import OptimConfig, poly_sgd
 from dhr.ops.inference import multiscale_probs
-from dhr.ops.metrics import scores_from_confusion
 
 
 def build_deeplabv3plus(*, num_classes: int, backbone: dict[str, Any], aspp_channels: int,
@@ -88,11 +86,7 @@ class SegmentationModule(DHRLightningModule):
         self.val_confusion.update(logits.argmax(1), batch["mask"])
 
     def on_validation_epoch_end(self) -> None:
-        conf = self.val_confusion.compute().cpu().numpy().astype(np.int64)
-        self.val_confusion.reset()
-        scores = scores_from_confusion(conf)
-        for name, value in (("mIoU", scores.miou), ("mFPR", scores.mfpr), ("mFNR", scores.mfnr)):
-            self.log(f"val/{name}", float(np.nan_to_num(value)), prog_bar=name == "mIoU", sync_dist=False)
+        self.log_val_confusion(self.val_confusion)
 
     # -- prediction -----------------------------------------------------------------------------
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
