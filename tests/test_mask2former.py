@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -101,8 +102,6 @@ def test_building_never_opens_a_connection(monkeypatch):
 
 
 def _outputs_and_targets(net, masks):
-    from dhr.models.mask2former import semantic_to_instances
-
     layers = net(torch.randn(len(masks), 3, *masks.shape[-2:]))
     targets = [semantic_to_instances(m, net.config.num_labels, 255) for m in masks]
     return layers, targets
@@ -171,7 +170,7 @@ def _count_worker(rank: int, store: str) -> None:
         k = 1 if rank == 0 else 3
         targets = [Targets(torch.arange(k), torch.zeros(k, 2, 2), torch.ones(2, 2))]
         count = loss.num_masks(targets, torch.device("cpu"))
-        (__import__("pathlib").Path(store).parent / f"count{rank}").write_text(str(count.item()))
+        (Path(store).parent / f"count{rank}").write_text(str(count.item()))
     finally:
         dist.destroy_process_group()
 

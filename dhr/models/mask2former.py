@@ -91,8 +91,8 @@ def _point_sample(x: torch.Tensor, points: torch.Tensor, padding_mode: str = "ze
 class SemanticMask2FormerLoss(nn.Module):
     """HF's Mask2Former loss with ignore pixels weighted out, and a DDP-aware mask count.
 
-    With every pixel valid it computes exactly HF's numbers (a test checks this). ``weights``:
-    the class / mask / dice weights applied to every decoder layer's terms.
+    With every pixel valid it computes exactly HF's numbers (a test checks this). HF's matcher
+    gives the cost weights and point count; the matching itself is :meth:`match`.
     """
 
     def __init__(self, config: Any, *, exclude_ignore: bool = True) -> None:
@@ -101,7 +101,6 @@ class SemanticMask2FormerLoss(nn.Module):
         super().__init__()
         self.hf = Mask2FormerLoss(config, weight_dict={"loss_cross_entropy": config.class_weight,
                                                        "loss_mask": config.mask_weight, "loss_dice": config.dice_weight})
-        self.matcher: Any = self.hf.matcher  # its cost weights and point count; the matching itself is ours
         self.exclude_ignore = exclude_ignore
 
     def num_masks(self, targets: Sequence[Targets], device: torch.device) -> torch.Tensor:
@@ -123,12 +122,12 @@ class SemanticMask2FormerLoss(nn.Module):
         for i, target in enumerate(targets):
             probs = class_logits[i].float().softmax(-1)
             cost_class = -probs[:, target.class_labels]
-            points = torch.rand(1, self.matcher.num_points, 2, device=mask_logits.device)
+            points = torch.rand(1, self.hf.matcher.num_points, 2, device=mask_logits.device)
             tgt = _point_sample(target.mask_labels[:, None].to(mask_logits), points.expand(len(target.class_labels), -1, -1))
             pred = _point_sample(mask_logits[i][:, None], points.expand(mask_logits.shape[1], -1, -1)).float()
             weight = self.point_weights(target.valid[None, None], points)  # (1, P)
             cost_mask, cost_dice = _pairwise_costs(pred, tgt.float(), weight)
-            cost = self.matcher.cost_mask * cost_mask + self.matcher.cost_class * cost_class + self.matcher.cost_dice * cost_dice
+            cost = self.hf.matcher.cost_mask * cost_mask + self.hf.matcher.cost_class * cost_class + self.hf.matcher.cost_dice * cost_dice
             top = torch.finfo(cost.dtype).max
             rows, cols = linear_sum_assignment(torch.nan_to_num(cost, nan=top, posinf=top, neginf=top).cpu())
             indices.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
