@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from dhr.conf_path import CONFIG_DIR
 
@@ -78,7 +78,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         else:
             print(f"ERROR: {msg}. Predict every image or pass allow_missing=true.", file=sys.stderr)
     out = report_result(result, info.classes, cfg.tag, title=f"{cfg.tag}: {pred_dir}", table=cfg.table)
-    out.update(pred=str(pred_dir), gt=str(gt_dir), dataset=info.name)
+    out.update(pred=str(pred_dir), gt=str(gt_dir), dataset=info.name, allow_missing=bool(cfg.allow_missing))
     target = json_path(cfg)
     if target is not None:
         atomic_write_json(target, out)
@@ -97,12 +97,9 @@ Exit status: 0 ok, 1 predictions missing (without allow_missing=true), 2 bad inp
 
 def compose(overrides: list[str]) -> DictConfig:
     """Compose conf/evaluate.yaml once (no Hydra run machinery: start-up is part of the speed)."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from dhr.utils.cli import compose_config
 
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name="evaluate"):
-        cfg = hydra_compose(config_name="evaluate", overrides=overrides)
-    return cfg
+    return compose_config("evaluate", overrides)
 
 
 def json_path(cfg: DictConfig) -> Path | None:
@@ -119,31 +116,11 @@ def json_path(cfg: DictConfig) -> Path | None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console script ``dhr-evaluate``: Hydra-style ``key=value`` overrides."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--help" in argv or "-h" in argv:
-        options = sorted(p.stem for p in (CONFIG_DIR / "dataset").glob("*.yaml"))
-        print(USAGE + f"dataset options: {', '.join(options)}")
-        return
-    show = "--cfg" in argv
-    argv = [a for a in argv if a != "--cfg"]
-    from dhr.errors import DHRError
+    from dhr.utils.cli import plain_main
 
-    try:
-        cfg = compose(argv)
-        if show:
-            print(OmegaConf.to_yaml(cfg))
-            return
-        logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
-        out = run(cfg)
-    except DHRError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except Exception as err:  # composition errors (unknown key or group option)
-        if type(err).__module__.startswith(("hydra", "omegaconf")):
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
-        raise
-    if out["missing"] and not cfg.allow_missing:
+    options = sorted(p.stem for p in (CONFIG_DIR / "dataset").glob("*.yaml"))
+    out = plain_main("evaluate", run, USAGE + f"dataset options: {', '.join(options)}", argv)
+    if out is not None and out["missing"] and not out["allow_missing"]:
         sys.exit(1)
 
 

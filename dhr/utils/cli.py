@@ -42,3 +42,48 @@ def hydra_entry(config_name: str, run: Callable[[Any], Any], returns: Callable[[
         return returns(out) if returns is not None else None
 
     return _main
+
+
+def compose_config(config_name: str, overrides: list[str]) -> Any:
+    """Compose ``conf/<config_name>.yaml`` once, without Hydra's run machinery (no run directory, fast start)."""
+    from hydra import compose, initialize_config_dir
+
+    from dhr.conf_path import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name=config_name):
+        return compose(config_name=config_name, overrides=overrides)
+
+
+def plain_main(config_name: str, run: Callable[[Any], T], usage: str, argv: list[str] | None = None) -> T | None:
+    """``key=value`` entry point without a run directory: ``--help`` prints ``usage``, ``--cfg`` the config.
+
+    A :class:`~dhr.errors.DHRError` or a composition error (unknown key, group option) prints one
+    ``error:`` line and exits 2. Returns ``run``'s value (None for ``--help`` / ``--cfg``).
+    """
+    import logging
+
+    from omegaconf import OmegaConf
+
+    from dhr.errors import DHRError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--help" in argv or "-h" in argv:
+        print(usage)
+        return None
+    show = "--cfg" in argv
+    argv = [a for a in argv if a != "--cfg"]
+    try:
+        cfg = compose_config(config_name, argv)
+        if show:
+            print(OmegaConf.to_yaml(cfg))
+            return None
+        logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
+        return run(cfg)
+    except DHRError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as err:
+        if type(err).__module__.startswith(("hydra", "omegaconf")):
+            print(f"error: {err}", file=sys.stderr)
+            sys.exit(2)
+        raise
