@@ -8,3 +8,26 @@ from pathlib import Path
 
 _PACKAGED = Path(__file__).resolve().parent / "conf"
 CONFIG_DIR = _PACKAGED if _PACKAGED.is_dir() else Path(__file__).resolve().parent.parent / "conf"
+
+
+def _lines(path: str | None) -> list[str]:
+    """``${dhr.lines:FILE}``: the non-empty lines of a text file (a class list, one name per line)."""
+    if not path:
+        raise ValueError("no class list: set dataset.classes_file=PATH (one name per line) or dataset.classes=[...]")
+    file = Path(str(path)).expanduser()
+    if not file.is_file():
+        raise ValueError(f"dataset.classes_file={path}: file not found")
+    return [line.strip() for line in file.read_text().splitlines() if line.strip()]
+
+
+def _register_resolvers() -> None:
+    """Config helpers of the folder dataset: ``dhr.lines``, ``dhr.count`` and ``dhr.index``."""
+    from omegaconf import OmegaConf
+
+    OmegaConf.register_new_resolver("dhr.lines", _lines, replace=True)
+    OmegaConf.register_new_resolver("dhr.count", lambda items: len(items), replace=True)
+    OmegaConf.register_new_resolver("dhr.index", lambda item, items: list(items).index(item) if item in items else None,
+                                    replace=True)
+
+
+_register_resolvers()

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from dhr.conf_path import CONFIG_DIR
 
@@ -50,6 +50,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from dhr.ops.report import report_result
     from dhr.utils.io import atomic_write_json
 
+    if cfg.dataset.get("folder"):  # a folder dataset's GT lies in its view
+        from dhr.data.sources import ensure_dataset
+
+        ensure_dataset(cfg.paths.data_root, OmegaConf.to_container(cfg.dataset, resolve=True))
     info = DatasetInfo.from_cfg(cfg.dataset)
     pred_dir, gt_dir = resolve_folders(cfg, info, Path(cfg.paths.data_root))
     mode = str(cfg.skip_background_only).lower()

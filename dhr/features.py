@@ -102,7 +102,7 @@ def run(cfg: DictConfig) -> dict[str, int]:
     import torch
 
     from dhr.data.layout import DatasetInfo, DatasetLayout
-    from dhr.data.synthetic import generate_from_cfg
+    from dhr.data.sources import ensure_dataset
     from dhr.data.uss import MANIFEST, feature_grid
     from dhr.errors import DHRError
     from dhr.utils.imagenet import normalize_rgb
@@ -110,7 +110,7 @@ def run(cfg: DictConfig) -> dict[str, int]:
 
     dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
     info = DatasetInfo.from_cfg(dataset)
-    generate_from_cfg(cfg.paths.data_root, dataset)
+    ensure_dataset(cfg.paths.data_root, dataset)
     layout = DatasetLayout(cfg.paths.data_root, info)
     out_dir = Path(cfg.out_dir) if cfg.get("out_dir") else layout.split_dir(cfg.split) / cfg.uss_name
     backbone = OmegaConf.to_container(cfg.backbone, resolve=True)

@@ -99,11 +99,11 @@ def rle_encode(mask: np.ndarray) -> dict:
     return {"counts": runs, "size": list(mask.shape)}
 
 
-def make_coco(root: Path) -> dict:
+def make_coco(root: Path, dog_first: bool = True) -> dict:
     """annotations/instances_{train,val}2014.json with polygons, uncompressed and compressed RLE.
 
-    Image 1 (train): a big person polygon and a small dog polygon inside it, the dog listed
-    first (so JSON order would paint the person over it), plus a crowd RLE of cars.
+    Image 1 (train): a big person polygon and a small dog polygon inside it (the dog listed first,
+    or second with ``dog_first=False``), plus a crowd RLE of cars.
     Image 2 (train): no annotations. Image 3 (val): one compressed-RLE bicycle.
     """
     from pycocotools import mask as mask_utils
@@ -127,6 +127,8 @@ def make_coco(root: Path) -> dict:
         {"id": 12, "image_id": 1, "category_id": 3, "iscrowd": 1, "area": float(crowd.sum()), "bbox": [2, 30, 18, 8],
          "segmentation": rle_encode(crowd)},
     ]
+    if not dog_first:
+        anns_train[:2] = anns_train[1::-1]
     anns_val = [{"id": 20, "image_id": 3, "category_id": 2, "iscrowd": 0, "area": float(bike.sum()), "bbox": [10, 5, 20, 10],
                  "segmentation": {"counts": bike_rle["counts"].decode(), "size": [h, w]}}]
     ann_dir = root / "annotations"
@@ -164,3 +166,26 @@ def make_stuff(root: Path) -> None:
             out = root / "stuffthingmaps_trainval2017" / split / f"{name}.png"
             out.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(raw, mode="L").save(out)
+
+
+def make_context(root: Path) -> None:
+    """VOCdevkit/VOC2010 (images, Main split lists) and trainval/*.mat + labels.txt (459 names)."""
+    from scipy.io import savemat
+
+    from dhr.utils.config import conf_node
+
+    names = sorted({"accordion", *conf_node("dataset/context.yaml", "classes")})
+    names.remove("aeroplane")
+    names.insert(1, "aeroplane")  # ids as in the release: 1 accordion, 2 aeroplane, ...
+    (root / "labels.txt").parent.mkdir(parents=True, exist_ok=True)
+    (root / "labels.txt").write_text("".join(f"{k}: {n}\n" for k, n in enumerate(names, start=1)))
+    table = names.index("table") + 1
+    voc = root / "VOCdevkit" / "VOC2010"
+    (voc / "ImageSets" / "Main").mkdir(parents=True)
+    for split, image_id in (("train", "2008_000002"), ("val", "2008_000003")):
+        (voc / "ImageSets" / "Main" / f"{split}.txt").write_text(image_id + "\n")
+        picture(voc / "JPEGImages" / f"{image_id}.jpg", 30, 40, 0)
+        label = np.zeros((30, 40), dtype=np.uint16)
+        label[:10], label[10:20], label[20:25] = 2, table, 1
+        (root / "trainval").mkdir(exist_ok=True)
+        savemat(root / "trainval" / f"{image_id}.mat", {"LabelMap": label})

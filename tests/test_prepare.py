@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from official_formats import VOC_CLASSES, make_ade, make_coco, make_stuff, make_voc
+from official_formats import VOC_CLASSES, make_ade, make_coco, make_context, make_stuff, make_voc
 from PIL import Image
 
 from dhr.data.tags import read_xml_names
@@ -119,10 +119,10 @@ def test_coco_masks_overlap_rule_crowd_and_rle(tmp_path):
 
 
 def test_coco_json_order_and_crowd_ignore_switches(tmp_path):
-    shapes = make_coco(tmp_path / "coco")
+    shapes = make_coco(tmp_path / "coco", dog_first=False)
     prepare("coco", tmp_path / "coco", tmp_path / "data", "coco.overlap=json", "coco.crowd=ignore", "splits=[train]")
     label = read_label_png(tmp_path / "data/COCO2014/train/mask/COCO_train2014_000000000001.png")
-    assert (label[10:20, 20:30] == 1).all()  # the person, listed after the dog, covers it
+    assert (label[10:20, 20:30] == 1).all()  # the person, listed first, keeps its pixels over the dog
     assert (label[shapes["crowd"] & (label != 1)] == 255).all()
 
 
@@ -149,3 +149,15 @@ def test_unknown_dataset_names_the_convertible_ones(tmp_path):
     (tmp_path / "src").mkdir()
     with pytest.raises(DHRError, match="dataset=voc"):
         prepare("synthetic", tmp_path / "src", tmp_path / "data")
+
+
+def test_context_keeps_the_59_classes_by_name_and_ignores_the_rest(tmp_path):
+    make_context(tmp_path / "ctx")
+    prepare("context", tmp_path / "ctx", tmp_path / "data")
+    root = tmp_path / "data" / "PascalContext"
+    assert ids(root / "train" / "image") == ["2008_000002"] and ids(root / "validation" / "image") == ["2008_000003"]
+    label = read_label_png(root / "train" / "mask" / "2008_000002.png")
+    assert (label[:10] == 0).all()        # aeroplane (labels.txt id 2) is class 0
+    assert (label[10:20] == 10).all()     # table (397) is class 10, where 59_labels.txt says diningtable
+    assert (label[20:] == 255).all()      # accordion (1), not one of the 59, and unlabeled 0 are ignored
+    assert read_xml_names(root / "train" / "xml" / "2008_000002.xml") == ["aeroplane", "table"]

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from dhr.data.datasets import open_label
 from dhr.data.layout import DatasetInfo, DatasetLayout
-from dhr.data.synthetic import generate_from_cfg
+from dhr.data.sources import ensure_dataset
 from dhr.errors import DHRError
 from dhr.utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
 from dhr.utils.io import read_rgb
@@ -90,7 +90,7 @@ class CauseDataModule(pl.LightningDataModule):
         self.batch_size, self.num_workers = int(batch_size), min(int(num_workers), os.cpu_count() or 1)
 
     def prepare_data(self) -> None:
-        generate_from_cfg(self.layout.data_root, self.dataset_cfg)
+        ensure_dataset(self.layout.data_root, self.dataset_cfg)
 
     def setup(self, stage: str | None = None) -> None:
         self.layout.validate(self.train_split, masks=False)

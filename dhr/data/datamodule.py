@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from dhr.data.datasets import SegmentationDataset, pad_collate
 from dhr.data.layout import DatasetInfo, DatasetLayout
-from dhr.data.synthetic import generate_from_cfg
+from dhr.data.sources import ensure_dataset
 from dhr.data.transforms import eval_transform, train_transform
 from dhr.errors import DHRError
 
@@ -74,7 +74,7 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     # -- set-up ---------------------------------------------------------------------------------
     def prepare_data(self) -> None:
-        generate_from_cfg(self.layout.data_root, self.dataset_cfg)
+        ensure_dataset(self.layout.data_root, self.dataset_cfg)
 
     def train_mask_dir(self) -> Path | None:
         """GT masks (``gt``), no masks (``none``: image-level tags only), or the seed masks (``seeds``)."""

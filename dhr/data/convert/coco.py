@@ -4,7 +4,8 @@ Masks: background 0, class k = the k-th COCO category (in the order of ``dataset
 by name). Instances are rasterised with pycocotools (polygons and RLE alike). Overlaps follow
 ``coco.overlap``: ``area`` (default) paints instances largest first, so where two overlap the
 smaller one, usually the one in front, keeps its pixels, independent of the JSON order; ``json``
-paints in file order, the later winning (``annToMask`` loops). Crowd regions (``iscrowd=1``)
+lets the first annotation of the file keep its pixels, as the public WSSS conversion scripts do
+(e.g. WeakTr's ``data/parse_coco.py``). Crowd regions (``iscrowd=1``)
 follow ``coco.crowd``: ``class`` paints them with their class beneath every single instance;
 ``ignore`` makes them 255. Tags: the categories of every annotation of the image, crowd
 included, with their boxes.
@@ -40,6 +41,8 @@ def read_mask(source: dict[str, Any]) -> np.ndarray:
     single = [a for a in source["anns"] if not a["iscrowd"]]
     if source["overlap"] == "area":
         single = sorted(single, key=lambda a: -a["area"])  # stable: equal areas keep the JSON order
+    else:
+        single = single[::-1]  # painted last = kept: the first annotation wins
     for ann in crowd + single:
         segm = ann["segmentation"]
         try:

@@ -1,0 +1,103 @@
+"""dhr.doctor on converted and damaged trees: counts, class frequencies, every problem, exit status."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import REPO, TINY_SYNTH
+from official_formats import make_voc
+from PIL import Image
+
+from dhr.doctor import run
+from dhr.utils.cli import compose_config
+
+
+def doctor(*overrides: str) -> dict:
+    return run(compose_config("doctor", list(overrides)))
+
+
+@pytest.fixture()
+def voc_tree(tmp_path):
+    make_voc(tmp_path / "dl")
+    from dhr.prepare import run as prepare
+
+    prepare(compose_config("prepare", ["dataset=voc", f"src={tmp_path / 'dl'}", f"sbd={tmp_path / 'dl/benchmark_RELEASE'}",
+                                       f"out={tmp_path / 'data'}", "workers=2"]))
+    return tmp_path / "data"
+
+
+def test_a_converted_tree_is_healthy_with_counts_and_class_frequencies(voc_tree, capsys):
+    out = doctor("dataset=voc", f"paths.data_root={voc_tree}")
+    assert out["ok"]
+    splits = {s["split"]: s for s in out["splits"]}
+    assert set(splits) == {"test", "train_aug", "validation"}
+    assert splits["train_aug"]["images"] == splits["train_aug"]["masks"] == splits["train_aug"]["tagged"] == 4
+    assert splits["test"]["masks"] == 0 and splits["test"]["untagged"] == 1  # t has no objects
+    assert splits["validation"]["tag_images"] == {"bird": 1, "cat": 1, "tvmonitor": 1}
+    assert splits["validation"]["mask_images"]["background"] == 2
+    assert sum(splits["validation"]["mask_pixels"].values()) == pytest.approx(1.0)
+    printed = capsys.readouterr().out
+    assert "healthy: VOC2012, 3 split(s)" in printed and "(never present)" in printed
+
+
+def test_every_problem_of_every_split_is_listed(voc_tree, tmp_path):
+    root = voc_tree / "VOC2012"
+    (root / "validation" / "mask" / "c.png").unlink()                                   # missing mask
+    Image.new("P", (3, 3)).save(root / "validation" / "mask" / "zz.png")               # orphan
+    (root / "train_aug" / "image" / "b.jpg").write_bytes(b"not a jpeg")               # unreadable image
+    big = np.full((40, 52), 30, dtype=np.uint8)
+    Image.fromarray(big, mode="L").save(root / "train_aug" / "mask" / "a.png")         # out-of-range ids
+    Image.new("RGB", (8, 8)).save(root / "train_aug" / "image" / "a.png")               # a second file for id a
+    (root / "validation" / "xml" / "d.xml").write_text("<annotation><object><name>unicorn</name></object></annotation>")
+    report = tmp_path / "doctor.json"
+    out = doctor("dataset=voc", f"paths.data_root={voc_tree}", f"json={report}")
+    assert not out["ok"] and json.loads(report.read_text())["ok"] is False
+    errors = "\n".join(e for s in out["splits"] for e in s["errors"])
+    warnings = "\n".join(w for s in out["splits"] for w in s["warnings"])
+    assert "no mask for image c.jpg" in errors
+    assert "b.jpg: cannot decode image" in errors
+    assert "a.png: values [30] are not class ids 0..20 or 255" in errors or "id 'a' has 2 files" in errors
+    assert "id 'a' has 2 files (a.jpg, a.png)" in errors
+    assert "unknown class name(s) ['unicorn']" in errors
+    assert "1 mask file(s) without an image, e.g. ['zz']" in warnings
+
+
+def test_seeds_and_uss_features_are_checked(voc_tree, tmp_path):
+    import torch
+
+    from dhr.utils.grid import feature_grid
+
+    seeds = tmp_path / "seeds"
+    for p in sorted((voc_tree / "VOC2012" / "train_aug" / "mask").glob("*.png"))[:3]:
+        seeds.mkdir(exist_ok=True)
+        (seeds / p.name).write_bytes(p.read_bytes())
+    feats = voc_tree / "VOC2012" / "train_aug" / "CAUSE"
+    feats.mkdir()
+    for p in sorted((voc_tree / "VOC2012" / "train_aug" / "image").glob("*.jpg")):
+        w, h = Image.open(p).size
+        gh, gw = feature_grid(h, w, 14)
+        torch.save(torch.zeros(4, gh, gw + (p.stem == "b"), dtype=torch.float16), feats / f"{p.stem}.pt")
+    out = doctor("dataset=voc", f"paths.data_root={voc_tree}", "wss=folder", f"wss.path={seeds}", "uss=CAUSE",
+                 "splits=[train]", "uss_dim=4")
+    (split,) = out["splits"]
+    assert split["seeds"] == 3 and split["features"] == 4
+    errors = "\n".join(split["errors"])
+    assert "no seed for image f.jpg" in errors and errors.count("USS features are") == 1 and "b.pt" in errors
+
+
+@pytest.mark.slow
+def test_the_cli_exits_1_on_errors_and_0_when_healthy(tmp_path):
+    from dhr.data.synthetic import generate
+
+    generate(tmp_path, "SYNTH", progress=False, **TINY_SYNTH)
+    gen = ",".join(f"{k}:{v}" for k, v in TINY_SYNTH.items())
+    cmd = [sys.executable, "-m", "dhr.doctor", "dataset=synthetic", f"paths.data_root={tmp_path}", f"dataset.generate={{{gen}}}"]
+    ok = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert ok.returncode == 0, ok.stderr
+    next((tmp_path / "SYNTH" / "validation" / "mask").glob("*.png")).unlink()
+    bad = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    assert bad.returncode == 1 and "1 error(s): SYNTH" in bad.stdout
