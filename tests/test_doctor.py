@@ -101,3 +101,23 @@ def test_the_cli_exits_1_on_errors_and_0_when_healthy(tmp_path):
     next((tmp_path / "SYNTH" / "validation" / "mask").glob("*.png")).unlink()
     bad = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert bad.returncode == 1 and "1 error(s): SYNTH" in bad.stdout
+
+
+@pytest.mark.slow
+def test_a_voc_release_goes_through_prepare_doctor_and_the_pipeline(voc_tree, tmp_path):
+    """The official-format fixture, converted and checked, trains every stage for one epoch and is scored."""
+    from conftest import compose_cfg, tiny_train_overrides
+    from test_pipeline import TINY_CAUSE
+
+    from dhr.pipeline import run as pipeline
+
+    assert doctor("dataset=voc", f"paths.data_root={voc_tree}")["ok"]
+    routed = [o for o in tiny_train_overrides(voc_tree) if not o.startswith(("paths.", "dataset."))]
+    routed = [o for o in routed if not o.startswith("trainer.limit_")] + ["recipe.batch_size=2", "data.val_batch_size=2"]
+    overrides = ["dataset=voc", f"paths.data_root={voc_tree}", "pipeline.extra=[" + ",".join(json.dumps(o) for o in routed) + "]",
+                 "pipeline.overrides.uss=[" + ",".join(json.dumps(o) for o in TINY_CAUSE) + "]", "pipeline.examples=2"]
+    report = pipeline(compose_cfg("pipeline", overrides, tmp_path / "pipe"))
+    rows = report["rows"]
+    assert rows["seeds"]["split"] == "train" and rows["seeds"]["images"] == 4
+    assert rows["final"]["split"] == "val" and rows["final"]["images"] == 2
+    assert all(0.0 <= row["mIoU"] <= 100.0 for row in rows.values())
