@@ -43,6 +43,15 @@ def compose_run(config_name: str, overrides: list[str], output_dir: Path) -> Dic
     return cfg
 
 
+def check_pretrained(*backbones: Any) -> None:
+    """Resolve every ``backbone.pretrained=true`` before any data work: offline and uncached fails here, at once."""
+    from dhr.models.pretrained import pretrained_file
+
+    for node in backbones:
+        if node is not None and node.get("pretrained") and not node.get("weights"):
+            pretrained_file(str(node["name"]), node.get("pretrained_tag"))
+
+
 def check_out_dir(out_dir: Path, overwrite: bool) -> None:
     """Never overwrite earlier results silently."""
     if out_dir.is_dir() and any(out_dir.glob("*.png")) and not overwrite:

@@ -104,10 +104,12 @@ def run(cfg: DictConfig) -> dict[str, int]:
     from dhr.data.layout import DatasetInfo, DatasetLayout
     from dhr.data.sources import ensure_dataset
     from dhr.data.uss import MANIFEST, feature_grid
+    from dhr.engine import check_pretrained
     from dhr.errors import DHRError
     from dhr.utils.imagenet import normalize_rgb
     from dhr.utils.io import atomic_write_bytes, atomic_write_json, read_rgb
 
+    check_pretrained(cfg.backbone)
     dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
     info = DatasetInfo.from_cfg(dataset)
     ensure_dataset(cfg.paths.data_root, dataset)

@@ -112,6 +112,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     from dhr.utils.instantiate import instantiate_group
 
     check_launch(cfg)
+    from dhr.engine import check_pretrained
+
+    check_pretrained(cfg.model.get("backbone"))
     pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
     datamodule = instantiate(cfg.data)

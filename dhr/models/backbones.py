@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from dhr.errors import DHRError
+from dhr.models.pretrained import resolve_pretrained
 from dhr.utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 RESNET_OUT_INDICES = (1, 2, 3, 4)  # C2 (stride 4), C3, C4, C5
@@ -174,7 +175,7 @@ def _dilation(module: nn.Module) -> int:
 
 def backbone_from_cfg(cfg: dict[str, Any], **overrides: Any) -> tuple[nn.Module, int]:
     """(feature extractor, output stride) from a ``conf/backbone/*.yaml`` node (``name``, ``output_stride``, ...)."""
-    cfg = dict(cfg)
+    cfg = resolve_pretrained(cfg)
     try:
         name, output_stride = cfg.pop("name"), int(cfg.pop("output_stride"))
     except KeyError as err:

@@ -92,5 +92,7 @@ class FrozenViT(nn.Module):
 
 def vit_from_cfg(cfg: dict[str, Any]) -> FrozenViT:
     """The frozen ViT of a ``conf/backbone/*.yaml`` node (``name`` plus timm keyword arguments)."""
-    cfg = dict(cfg)
+    from dhr.models.pretrained import resolve_pretrained
+
+    cfg = resolve_pretrained(cfg)
     return FrozenViT(cfg.pop("name"), **cfg)

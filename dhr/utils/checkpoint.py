@@ -71,6 +71,21 @@ def module_class(tag: str, path: str | Path) -> type:
         raise DHRError(f"{path}: module class {tag!r} does not exist in this dhr version") from None
 
 
+def without_weight_files(hparams: dict[str, Any]) -> dict[str, Any]:
+    """Hyper-parameters that rebuild the module without reading its initial weights (the checkpoint has them).
+
+    A checkpoint must load on a machine without the backbone's weight file, cache or network.
+    """
+    out = dict(hparams)
+    backbone = out.get("backbone")
+    if isinstance(backbone, Mapping):
+        out["backbone"] = {**backbone, **{k: None for k in ("weights", "weights_package") if k in backbone},
+                           **({"pretrained": False} if "pretrained" in backbone else {})}
+    if out.get("init_from"):
+        out["init_from"] = None
+    return out
+
+
 def load_module(path: str | Path, key: str = "ckpt", num_classes: int | None = None,
                 dataset: str | None = None, prefer_ema: bool = True) -> Any:
     """The module of a dhr checkpoint with its (EMA) weights, in eval mode.
@@ -86,7 +101,7 @@ def load_module(path: str | Path, key: str = "ckpt", num_classes: int | None = N
                        f"{dataset or ''} has {num_classes}; pick the matching dataset=...")
     cls = module_class(state[MODULE_KEY], path)
     try:
-        module = cls(**hparams)
+        module = cls(**without_weight_files(hparams))
         module.load_state_dict(model_weights(state, path, prefer_ema))
     except (RuntimeError, TypeError, KeyError, ValueError) as err:
         raise DHRError(f"{key}={path}: does not rebuild with this dhr version ({str(err).splitlines()[0]})") from None
