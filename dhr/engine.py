@@ -110,3 +110,66 @@ def evaluate_split(datamodule: Any, pred_dir: Path, split: str, tag: str) -> dic
     out = report_result(result, info.classes, tag, title=f"{tag}: {info.name}/{info.split_dir_name(split)}")
     atomic_write_json(pred_dir.parent / f"{pred_dir.name}_scores.json", out)
     return out
+
+
+def official_dhr_checkpoint(path: str | Path, *, keep_cam: bool, dataset: Any = None,
+                            overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A dhr checkpoint (module tag, hyper-parameters, weights) from the DHR release's ``last.pth``.
+
+    ``keep_cam`` keeps the CAM head (``model=dhr``); without it the plain DeepLabv3+
+    (``model=deeplabv3plus``) gets every other tensor, as the release's inference does. The
+    hyper-parameters are those of ``dhr.train`` with ``backbone=resnet101`` and the given dataset
+    node (or ``dataset=`` in ``overrides``). The file holds EMA weights: they are both weight sets.
+    """
+    from omegaconf import open_dict
+
+    from dhr.models.official import (
+        is_official_dhr,
+        load_strict,
+        map_official_dhr,
+        unwrap_state_dict,
+    )
+    from dhr.utils.checkpoint import (
+        EMA_KEY,
+        MODULE_KEY,
+        module_class,
+        read_checkpoint,
+        without_weight_files,
+    )
+    from dhr.utils.cli import compose_config
+
+    state = unwrap_state_dict(read_checkpoint(path, "ckpt"), str(path))
+    if not is_official_dhr(state):
+        raise DHRError(f"{path}: not the official DHR DeepLabv3+ layout (no model.conv1.weight / seg_decoder.classifier.weight)")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    cfg = compose_config("train", [f"model={'dhr' if keep_cam else 'deeplabv3plus'}", "backbone=resnet101", *overrides])
+    if dataset is not None:
+        with open_dict(cfg):
+            cfg.dataset = OmegaConf.create(OmegaConf.to_container(dataset, resolve=True) if isinstance(dataset, DictConfig)
+                                           else dict(dataset))
+    hparams = OmegaConf.to_container(cfg.model, resolve=True)
+    target = str(hparams.pop("_target_"))
+    hparams.pop("_convert_", None)
+    module = module_class(target, path)(**without_weight_files(hparams))
+    mapped, dropped = map_official_dhr(state, keep_cam=keep_cam, origin=str(path))
+    load_strict(module, mapped, str(path))
+    return {MODULE_KEY: target, "hyper_parameters": hparams, "state_dict": mapped, EMA_KEY: mapped,
+            "converted_from": {"file": str(path), "kind": "dhr", "dropped": dropped}}
+
+
+def load_any_module(path: str | Path, dataset: Any) -> Any:
+    """A dhr ``.ckpt``, or the DHR release's ``last.pth`` read directly (CAM head dropped), in eval mode."""
+    from dhr.data.layout import DatasetInfo
+    from dhr.models.official import is_official_dhr, unwrap_state_dict
+    from dhr.utils.checkpoint import MODULE_KEY, load_module, read_checkpoint
+
+    info = DatasetInfo.from_cfg(OmegaConf.to_container(dataset, resolve=True) if isinstance(dataset, DictConfig) else dataset)
+    raw = read_checkpoint(path, "ckpt")
+    if MODULE_KEY not in raw and is_official_dhr(unwrap_state_dict(raw, str(path))):
+        from dhr.utils.checkpoint import module_class
+
+        converted = official_dhr_checkpoint(path, keep_cam=False, dataset=dataset)
+        module = module_class(converted[MODULE_KEY], path)(**converted["hyper_parameters"])
+        module.load_state_dict(converted["state_dict"])
+        return module.eval()
+    return load_module(path, "ckpt", num_classes=info.num_classes, dataset=info.name)

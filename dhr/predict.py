@@ -33,13 +33,16 @@ def resolve_out_dir(cfg: DictConfig) -> Path:
 def run(cfg: DictConfig) -> dict[str, Any]:
     from hydra.utils import instantiate
 
-    from dhr.data.layout import DatasetInfo
-    from dhr.engine import check_out_dir, configure_inference, evaluate_split, predict_to_folder
-    from dhr.utils.checkpoint import load_module
+    from dhr.engine import (
+        check_out_dir,
+        configure_inference,
+        evaluate_split,
+        load_any_module,
+        predict_to_folder,
+    )
 
     dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
-    info = DatasetInfo.from_cfg(dataset)
-    module = load_module(cfg.ckpt, "ckpt", num_classes=info.num_classes, dataset=info.name)
+    module = load_any_module(cfg.ckpt, dataset)  # a dhr .ckpt, or the DHR release's last.pth
     configure_inference(module, cfg.infer, cfg.crf)
     out_dir = resolve_out_dir(cfg)
     needs_tags = getattr(module, "needs_tags", False)

@@ -14,7 +14,7 @@ from conftest import REPO
 
 LAYERS = [
     {"dhr.pipeline"},  # runs the other entry points in order
-    {"dhr.train", "dhr.predict", "dhr.evaluate", "dhr.features", "dhr.prepare", "dhr.doctor"},  # entry points: none imports another
+    {"dhr.train", "dhr.predict", "dhr.evaluate", "dhr.features", "dhr.prepare", "dhr.doctor", "dhr.weights"},  # entry points: none imports another
     {"dhr.engine", "dhr.report"},  # what the entry points share; the pipeline's report
     {"dhr.modules", "dhr.callbacks"},
     {"dhr.models", "dhr.ops", "dhr.data", "dhr.reference"},

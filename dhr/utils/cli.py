@@ -47,11 +47,14 @@ def hydra_entry(config_name: str, run: Callable[[Any], Any], returns: Callable[[
 def compose_config(config_name: str, overrides: list[str]) -> Any:
     """Compose ``conf/<config_name>.yaml`` once, without Hydra's run machinery (no run directory, fast start)."""
     from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
 
     from dhr.conf_path import CONFIG_DIR
 
+    if GlobalHydra.instance().is_initialized():  # inside a running entry point: its search path holds conf/
+        return compose(config_name=config_name, overrides=list(overrides))
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3", job_name=config_name):
-        return compose(config_name=config_name, overrides=overrides)
+        return compose(config_name=config_name, overrides=list(overrides))
 
 
 def plain_main(config_name: str, run: Callable[[Any], T], usage: str, argv: list[str] | None = None) -> T | None:
