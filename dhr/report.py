@@ -102,8 +102,43 @@ def build_report(cfg: DictConfig, run_dir: Path, done: dict[str, Any], key: str)
         log.warning("report figures not written: %s", err)
     for name, png in figures.items():
         atomic_write_bytes(run_dir / name, png)
+    expected, departure = check_rows(rows, OmegaConf.to_container(cfg.pipeline.get("expected") or {}, resolve=True))
     return {"key": key, "dataset": info.name, "classes": list(info.classes), "minor_classes": minor,
-            "rows": rows, "stages": {}, "figures": sorted(figures), "example_panels": panels}
+            "rows": rows, "expected": expected, "first_departure": departure, "stages": {}, "figures": sorted(figures),
+            "example_panels": panels}
+
+
+def check_rows(rows: dict[str, Any], expected: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """Each row with a published number, within or outside its tolerance; the first row (chain order) outside."""
+    from dhr.errors import DHRError
+    from dhr.ops.report import compare_expected
+
+    known = [name for name, _ in ROWS]
+    unknown = sorted(set(expected) - set(known))
+    if unknown:
+        raise DHRError(f"pipeline.expected.{unknown[0]}: not a report row; rows are {known}")
+    checks = {}
+    for name in known:
+        if name in expected:
+            row = rows.get(name)
+            metric = expected[name].get("metric")
+            checks[name] = compare_expected(row.get(metric) if row else None, expected[name], f"pipeline.expected.{name}")
+    departure = next((n for n, c in checks.items() if c["status"] == "outside"), None)
+    return checks, departure
+
+
+def expected_lines(report: dict[str, Any]) -> list[str]:
+    """The paper comparison as text lines (empty without published numbers)."""
+    from dhr.ops.report import expected_line
+
+    checks = report.get("expected") or {}
+    if not checks:
+        return []
+    lines = [expected_line(c, name) for name, c in checks.items()]
+    departure = report.get("first_departure")
+    lines.append(f"first stage outside its tolerance: {departure}" if departure
+                 else "every measured row is within its tolerance")
+    return lines
 
 
 def write_report(report: dict[str, Any], run_dir: Path) -> None:
@@ -132,6 +167,8 @@ def markdown(report: dict[str, Any]) -> str:
     for name, row in report["rows"].items():
         lines.append(f"| {name} | {row['split']} | {row['images']} | {_fmt(row['mIoU'], 1)} | {_fmt(row['mFPR'], 3)} | "
                      f"{_fmt(row['mFNR'], 3)} | " + " | ".join(_fmt(row['per_class_iou'].get(c), 1) for c in classes) + " |")
+    if report.get("expected"):
+        lines += ["", "## Against the published numbers", ""] + [f"- {line}" for line in expected_lines(report)]
     lines += ["", "## Protocol", ""]
     for name, row in report["rows"].items():
         lines.append(f"- **{name}**: " + json.dumps(row["protocol"], sort_keys=True))
@@ -154,6 +191,8 @@ def print_report(report: dict[str, Any], run_dir: Path) -> None:
                       *[_fmt(row["per_class_iou"].get(c), 1) for c in classes])
     width = 50 + sum(max(len(_label(c, minor)), 5) + 3 for c in classes)  # never truncate a name
     Console(width=max(120, width)).print(table)
+    for line in expected_lines(report):
+        print(line)
     print("stages: " + ", ".join(f"{k} {v['status']} ({v['seconds']} s)" for k, v in report["stages"].items()))
     print(f"report: {run_dir / 'report.md'}")
 

@@ -93,14 +93,15 @@ def fit_stages(cfg: DictConfig, model: Any, datamodule: Any, loggers: list[Any],
     return trainer
 
 
-def report_reference(reference: Any, scores: dict[str, Any], split: str) -> None:
-    """Print the preset's published number next to this run's (``reference`` of ``conf/experiment``)."""
-    if not reference:
-        return
-    ours = scores.get("mIoU")
-    ours_text = f"{100 * ours:.1f}" if isinstance(ours, float) else "n/a"
-    print(f"reference: {reference['miou']} mIoU on {reference['split']} ({reference['source']}); "
-          f"this run: {ours_text} on {split}")
+def report_expected(expected: Any, scores: dict[str, Any], split: str) -> dict[str, Any] | None:
+    """Print the preset's published number next to this run's (``expected`` of ``conf/experiment``)."""
+    if not expected:
+        return None
+    from dhr.ops.report import compare_expected, expected_line
+
+    check = compare_expected(scores.get(expected["metric"]), dict(expected), "expected")
+    print("expected " + expected_line(check, f"{split}"))
+    return check
 
 
 def run(cfg: DictConfig) -> dict[str, Any]:
@@ -141,7 +142,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             predict_to_folder(model, datamodule, cfg.trainer, pred_dir, progress=cfg.callbacks.get("progress_bar"))
             scores = evaluate_split(datamodule, pred_dir, split, tag=cfg.tag)
             metrics.update({f"eval/{k}": v for k, v in scores.items() if isinstance(v, float)})
-            report_reference(cfg.get("reference"), scores, datamodule.info.split_dir_name(split))
+            check = report_expected(cfg.get("expected"), scores, datamodule.info.split_dir_name(split))
+            if check is not None:
+                metrics["expected/status"] = check["status"]
     finally:
         if any(type(lg).__name__ == "WandbLogger" for lg in loggers):
             import wandb

@@ -115,8 +115,13 @@ def test_a_voc_release_goes_through_prepare_doctor_and_the_pipeline(voc_tree, tm
     routed = [o for o in tiny_train_overrides(voc_tree) if not o.startswith(("paths.", "dataset."))]
     routed = [o for o in routed if not o.startswith("trainer.limit_")] + ["recipe.batch_size=2", "data.val_batch_size=2"]
     overrides = ["dataset=voc", f"paths.data_root={voc_tree}", "pipeline.extra=[" + ",".join(json.dumps(o) for o in routed) + "]",
-                 "pipeline.overrides.uss=[" + ",".join(json.dumps(o) for o in TINY_CAUSE) + "]", "pipeline.examples=2"]
+                 "pipeline.overrides.uss=[" + ",".join(json.dumps(o) for o in TINY_CAUSE) + "]", "pipeline.examples=2",
+                 "+pipeline.expected.seeds={metric:mIoU,value:100.0,tolerance:0.5,source:fixture}",
+                 "+pipeline.expected.final={metric:mIoU,value:50.0,tolerance:50.0,source:fixture}"]
     report = pipeline(compose_cfg("pipeline", overrides, tmp_path / "pipe"))
+    assert report["expected"]["seeds"]["status"] == "outside" and report["expected"]["final"]["status"] == "within"
+    assert report["first_departure"] == "seeds"
+    assert "first stage outside its tolerance: seeds" in (tmp_path / "pipe" / "report.md").read_text()
     rows = report["rows"]
     assert rows["seeds"]["split"] == "train" and rows["seeds"]["images"] == 4
     assert rows["final"]["split"] == "val" and rows["final"]["images"] == 2

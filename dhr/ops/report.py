@@ -51,3 +51,35 @@ def report_result(result: EvalResult, classes: Sequence[str], tag: str, *, title
         "per_class": {name: {"IoU": num(scores.iou[i]), "FPR": num(scores.fpr[i]), "FNR": num(scores.fnr[i])}
                       for i, name in enumerate(classes)},
     }
+
+
+EXPECTED_METRICS = ("mIoU", "mFPR", "mFNR")
+
+
+def compare_expected(measured: float | None, expected: dict, where: str) -> dict:
+    """A published number next to a measured one: ``{..., measured, delta, status}``.
+
+    ``expected`` = ``{metric, value, tolerance, source}`` (mIoU in %, mFPR/mFNR as fractions, as
+    the evaluator reports them); status is ``within`` when ``|measured - value| <= tolerance``,
+    ``outside`` otherwise, ``not measured`` when the run produced no such number.
+    """
+    from dhr.errors import DHRError
+
+    missing = [k for k in ("metric", "value", "tolerance", "source") if k not in expected]
+    if missing:
+        raise DHRError(f"{where}: expected needs metric, value, tolerance and source (missing {missing})")
+    if expected["metric"] not in EXPECTED_METRICS:
+        raise DHRError(f"{where}.metric={expected['metric']!r}: use one of {EXPECTED_METRICS}")
+    out = {k: expected[k] for k in ("metric", "value", "tolerance", "source")}
+    if measured is None or measured != measured:
+        return {**out, "measured": None, "delta": None, "status": "not measured"}
+    delta = float(measured) - float(expected["value"])
+    return {**out, "measured": float(measured), "delta": delta,
+            "status": "within" if abs(delta) <= float(expected["tolerance"]) + 1e-9 else "outside"}
+
+
+def expected_line(check: dict, name: str) -> str:
+    """One printable line: ``final: mIoU 78.9 vs 79.6 ± 1.0 (source): within``."""
+    measured = "n/a" if check["measured"] is None else f"{check['measured']:.{1 if check['metric'] == 'mIoU' else 3}f}"
+    return (f"{name}: {check['metric']} {measured} vs expected {check['value']} ± {check['tolerance']} "
+            f"({check['source']}): {check['status']}")
