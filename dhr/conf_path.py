@@ -10,14 +10,17 @@ _PACKAGED = Path(__file__).resolve().parent / "conf"
 CONFIG_DIR = _PACKAGED if _PACKAGED.is_dir() else Path(__file__).resolve().parent.parent / "conf"
 
 
-def _lines(path: str | None) -> list[str]:
+def _lines(path: str | None) -> object:
     """``${dhr.lines:FILE}``: the non-empty lines of a text file (a class list, one name per line)."""
     if not path:
         raise ValueError("no class list: set dataset.classes_file=PATH (one name per line) or dataset.classes=[...]")
     file = Path(str(path)).expanduser()
     if not file.is_file():
         raise ValueError(f"dataset.classes_file={path}: file not found")
-    return [line.strip() for line in file.read_text().splitlines() if line.strip()]
+    from omegaconf import ListConfig
+
+    # a ListConfig, not a list: OmegaConf.resolve (Hydra's instantiate) can put a container only in place
+    return ListConfig([line.strip() for line in file.read_text().splitlines() if line.strip()])
 
 
 def _register_resolvers() -> None:

@@ -100,3 +100,13 @@ def test_a_missing_class_list_names_the_key():
 
     with pytest.raises(InterpolationResolutionError, match="dataset.classes_file=PATH"):
         folder_cfg(Path("x"), Path("y"))
+
+
+def test_a_class_file_resolves_in_place_as_instantiate_does(tmp_path):
+    from conftest import compose_cfg
+    from omegaconf import OmegaConf
+
+    cfg = compose_cfg("train", ["dataset=folder", f"dataset.classes_file={COCO128 / 'classes.txt'}",
+                                "dataset.folder.images=x", "dataset.folder.tags=y"], tmp_path)
+    OmegaConf.resolve(cfg)  # Hydra's instantiate resolves the config in place
+    assert cfg.model.num_classes == 81 and cfg.dataset.background_id == 0 and cfg.data.dataset.classes[80] == "toothbrush"
