@@ -284,7 +284,9 @@ def run_report(cfg: DictConfig, run_dir: Path, done: dict[str, StageResult], all
     from dhr.report import build_report, print_report, write_report
 
     reads = {r: done[r].run_id for r in READS["report"] if r in done and done[r].run_id}
-    expected = OmegaConf.to_container(cfg.pipeline.get("expected") or {}, resolve=True)
+    from dhr.report import published_numbers
+
+    expected = published_numbers(cfg)
     key = hashlib.sha256(json.dumps({"reads": reads, "examples": cfg.pipeline.examples, "expected": expected},
                                     sort_keys=True).encode()).hexdigest()[:12]
     path = run_dir / "report.json"

@@ -127,17 +127,15 @@ def test_final_stage_presets_of_every_benchmark(tmp_path, data):
     assert m2f.backbone.name.startswith("swin_large") and m2f.model._target_.endswith("Mask2FormerModule")
     assert m2f.trainer.precision == "16-mixed" and m2f.model.optim.lr == 1e-4 and m2f.model.optim.backbone_lr_mult == 0.1
     assert m2f.recipe.crop_size == (640 if data == "ade" else 512) and m2f.tag == "Mask2Former"
-    papers = {"voc": (79.6, 81.7)}.get(data)
-    if papers:
-        assert (deeplab.reference.miou, m2f.reference.miou) == papers
-    else:
-        assert deeplab.reference is None and m2f.reference is None
+    papers = {"voc": (79.6, 81.7), "coco": (53.9, 56.8), "context": (49.0, 53.6), "ade": (32.9, 36.9), "stuff": (37.4, 41.1)}
+    assert (deeplab.expected.value, m2f.expected.value) == papers[data]
+    assert deeplab.expected.metric == m2f.expected.metric == "mIoU" and "README" in deeplab.expected.source or data != "voc"
 
 
-def test_the_reference_is_printed_next_to_the_run(capsys):
-    from dhr.train import report_reference
+def test_the_expected_number_is_printed_next_to_the_run(capsys):
+    from dhr.train import report_expected
 
-    report_reference({"miou": 81.7, "split": "val", "source": "README"}, {"mIoU": 0.5}, "val")
-    assert "reference: 81.7 mIoU on val (README); this run: 50.0 on val" in capsys.readouterr().out
-    report_reference(None, {"mIoU": 0.5}, "val")
-    assert capsys.readouterr().out == ""
+    check = report_expected({"metric": "mIoU", "value": 81.7, "tolerance": 1.0, "source": "README"}, {"mIoU": 50.0}, "val")
+    assert check["status"] == "outside"
+    assert "expected val: mIoU 50.0 vs expected 81.7 ± 1.0 (README): outside" in capsys.readouterr().out
+    assert report_expected(None, {"mIoU": 50.0}, "val") is None and capsys.readouterr().out == ""
