@@ -210,6 +210,30 @@ def selected(cfg: DictConfig) -> list[str]:
     return list(STAGES[lo : hi + 1])
 
 
+def check_weights_first(cfg: DictConfig, common: list[str], extras: list[str], allowed: set[str], run_dir: Path) -> None:
+    """Resolve every ``backbone.pretrained=true`` of the stages to run before the first stage starts.
+
+    An offline machine without the cached weights stops here, not hours later in a later stage.
+    Stage inputs not made yet are placeholders: only the backbone nodes are read.
+    """
+    from dhr.engine import check_pretrained
+
+    if "backbone.pretrained=true" not in " ".join([*common, *extras, *(str(o) for v in cfg.pipeline.overrides.values()
+                                                                        for o in (v or []))]):
+        return
+    pending = str(run_dir / "pending")
+    done = {"seeds": StageResult("ran", outputs={"masks": pending}),
+            "uss": StageResult("ran", outputs={"features": pending, "patch": 14}),
+            "dhr": StageResult("ran", outputs={"masks": pending})}
+    for name in ("seeds", "uss", "dhr", "final", "baseline", "ceiling"):
+        if name not in allowed or external_stage(name, cfg) is not None or (name == "ceiling" and not cfg.pipeline.ceiling):
+            continue
+        for step in stage_steps(name, cfg, common, done):
+            if step.entry != "predict":
+                composed = compose_step(step, run_dir / "pending", extras)
+                check_pretrained(composed.model.get("backbone") if step.entry == "train" else composed.get("backbone"))
+
+
 def run_stage(name: str, cfg: DictConfig, run_dir: Path, common: list[str], extras: list[str],
               done: dict[str, StageResult], allowed: bool) -> StageResult:
     """Run (or reuse) one stage; ``allowed`` False only reuses a cached result."""
@@ -316,6 +340,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     common = [f"dataset={hydra.runtime.choices.dataset}", *forwarded, *[str(o) for o in cfg.pipeline.common or []]]
     extras = [str(o) for o in cfg.pipeline.extra or []]
     allowed = set(selected(cfg))
+    check_weights_first(cfg, common, extras, allowed, run_dir)
     done: dict[str, StageResult] = {}
     start = time.perf_counter()
     for name in STAGES:

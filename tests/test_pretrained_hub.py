@@ -90,3 +90,15 @@ def test_a_checkpoint_rebuilds_without_the_weight_file(tmp_path):
     hp = {"backbone": {"name": "resnet18", "weights": "/gone.pth", "pretrained": True, "weights_package": "x"}, "init_from": "c.ckpt"}
     assert without_weight_files(hp) == {"backbone": {"name": "resnet18", "weights": None, "pretrained": False,
                                                      "weights_package": None}, "init_from": None}
+
+
+def test_the_pipeline_checks_every_stage_before_the_first_runs(offline_cache, tmp_path, synth_root):
+    from conftest import compose_cfg
+
+    from dhr.pipeline import run
+
+    cfg = compose_cfg("pipeline", ["dataset=synthetic", f"paths.data_root={synth_root}",
+                                   'pipeline.overrides.final=["backbone.pretrained=true"]'], tmp_path / "pipe")
+    with pytest.raises(DHRError, match="timm/resnet18.tv_in1k/model.safetensors is not in the Hugging Face cache"):
+        run(cfg)
+    assert not list((tmp_path / "pipe").glob("seeds-*"))  # the final stage's weights stopped it before the seeds
