@@ -161,3 +161,13 @@ def test_context_keeps_the_59_classes_by_name_and_ignores_the_rest(tmp_path):
     assert (label[10:20] == 10).all()     # table (397) is class 10, where 59_labels.txt says diningtable
     assert (label[20:] == 255).all()      # accordion (1), not one of the 59, and unlabeled 0 are ignored
     assert read_xml_names(root / "train" / "xml" / "2008_000002.xml") == ["aeroplane", "table"]
+
+
+def test_the_command_line_prints_usage_and_exits_2_on_a_missing_source(tmp_path, capsys):
+    from dhr.prepare import main
+
+    main(["--help"])
+    assert "dataset=voc src=VOCdevkit_parent sbd=benchmark_RELEASE" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["dataset=voc", f"src={tmp_path / 'missing'}", f"out={tmp_path / 'data'}"])
+    assert exit_info.value.code == 2 and "missing: folder not found" in capsys.readouterr().err

@@ -177,3 +177,16 @@ def test_dino_dinov2_and_torchvision_files_convert_strictly(tmp_path):
     assert torch.equal(net.state_dict()["layer3.1.conv2.weight"], tv["layer3.1.conv2.weight"])
     with pytest.raises(DHRError, match="KIND='mars'"):
         convert("mars", tmp_path / "r18.pth", tmp_path / "y.pth", {})
+
+
+def test_the_command_line_exits_2_naming_the_problem(tmp_path, capsys):
+    from dhr.weights import main
+
+    main(["--help"])
+    assert "KIND: dhr, cause, dino, dinov2, torchvision" in capsys.readouterr().out
+    for argv, message in ((["convert", "dhr"], "expected: python -m dhr.weights convert KIND SRC DST"),
+                          (["convert", "dhr", str(tmp_path / "none.pth"), str(tmp_path / "x")], "none.pth: file not found"),
+                          (["convert", "torchvision", str(tmp_path), "x", "backbone"], "options are key=value")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
