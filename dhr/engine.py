@@ -113,13 +113,14 @@ def evaluate_split(datamodule: Any, pred_dir: Path, split: str, tag: str) -> dic
 
 
 def official_dhr_checkpoint(path: str | Path, *, keep_cam: bool, dataset: Any = None,
-                            overrides: tuple[str, ...] = ()) -> dict[str, Any]:
+                            overrides: tuple[str, ...] = ()) -> tuple[dict[str, Any], Any]:
     """A dhr checkpoint (module tag, hyper-parameters, weights) from the DHR release's ``last.pth``.
 
     ``keep_cam`` keeps the CAM head (``model=dhr``); without it the plain DeepLabv3+
     (``model=deeplabv3plus``) gets every other tensor, as the release's inference does. The
     hyper-parameters are those of ``dhr.train`` with ``backbone=resnet101`` and the given dataset
     node (or ``dataset=`` in ``overrides``). The file holds EMA weights: they are both weight sets.
+    Returns the checkpoint dict and the module with the weights loaded.
     """
     from omegaconf import open_dict
 
@@ -141,7 +142,6 @@ def official_dhr_checkpoint(path: str | Path, *, keep_cam: bool, dataset: Any = 
     state = unwrap_state_dict(read_checkpoint(path, "ckpt"), str(path))
     if not is_official_dhr(state):
         raise DHRError(f"{path}: not the official DHR DeepLabv3+ layout (no model.conv1.weight / seg_decoder.classifier.weight)")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
     cfg = compose_config("train", [f"model={'dhr' if keep_cam else 'deeplabv3plus'}", "backbone=resnet101", *overrides])
     if dataset is not None:
         with open_dict(cfg):
@@ -153,8 +153,9 @@ def official_dhr_checkpoint(path: str | Path, *, keep_cam: bool, dataset: Any = 
     module = module_class(target, path)(**without_weight_files(hparams))
     mapped, dropped = map_official_dhr(state, keep_cam=keep_cam, origin=str(path))
     load_strict(module, mapped, str(path))
-    return {MODULE_KEY: target, "hyper_parameters": hparams, "state_dict": mapped, EMA_KEY: mapped,
-            "converted_from": {"file": str(path), "kind": "dhr", "dropped": dropped}}
+    checkpoint = {MODULE_KEY: target, "hyper_parameters": hparams, "state_dict": mapped, EMA_KEY: mapped,
+                  "converted_from": {"file": str(path), "kind": "dhr", "dropped": dropped}}
+    return checkpoint, module
 
 
 def load_any_module(path: str | Path, dataset: Any) -> Any:
@@ -166,10 +167,6 @@ def load_any_module(path: str | Path, dataset: Any) -> Any:
     info = DatasetInfo.from_cfg(OmegaConf.to_container(dataset, resolve=True) if isinstance(dataset, DictConfig) else dataset)
     raw = read_checkpoint(path, "ckpt")
     if MODULE_KEY not in raw and is_official_dhr(unwrap_state_dict(raw, str(path))):
-        from dhr.utils.checkpoint import module_class
-
-        converted = official_dhr_checkpoint(path, keep_cam=False, dataset=dataset)
-        module = module_class(converted[MODULE_KEY], path)(**converted["hyper_parameters"])
-        module.load_state_dict(converted["state_dict"])
+        _, module = official_dhr_checkpoint(path, keep_cam=False, dataset=dataset)
         return module.eval()
     return load_module(path, "ckpt", num_classes=info.num_classes, dataset=info.name)

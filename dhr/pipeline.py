@@ -218,9 +218,6 @@ def check_weights_first(cfg: DictConfig, common: list[str], extras: list[str], a
     """
     from dhr.engine import check_pretrained
 
-    if "backbone.pretrained=true" not in " ".join([*common, *extras, *(str(o) for v in cfg.pipeline.overrides.values()
-                                                                        for o in (v or []))]):
-        return
     pending = str(run_dir / "pending")
     done = {"seeds": StageResult("ran", outputs={"masks": pending}),
             "uss": StageResult("ran", outputs={"features": pending, "patch": 14}),

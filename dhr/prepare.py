@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from dhr.conf_path import CONFIG_DIR
 
@@ -31,7 +31,7 @@ Exit status: 0 ok, 2 bad input (every problem is listed).
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Convert; returns per split the images written and kept, and where the tree is."""
     from dhr.data.convert import converter_for
-    from dhr.data.convert.common import check_out_dir, check_sizes, convert
+    from dhr.data.convert.common import check_options, check_sizes, convert, refuse_overlap
     from dhr.data.layout import DatasetInfo
     from dhr.errors import DHRError
 
@@ -44,13 +44,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if sbd is not None and not sbd.is_dir():
         raise DHRError(f"sbd={cfg.sbd}: folder not found; give SBD's benchmark_RELEASE folder")
     out_root = Path(str(cfg.out)).expanduser()
-    check_out_dir(out_root, [p for p in (src, sbd) if p is not None])
+    refuse_overlap(out_root / info.name, [p for p in (src, sbd) if p is not None])
     splits = list(cfg.splits) if cfg.splits else None
     start = time.perf_counter()
     plan = module.plan(src=src, sbd=sbd, splits=splits, info=info, coco=cfg.coco)
     for note in plan.notes:
         log.info("%s", note)
     check_sizes(plan, bool(cfg.strict))
+    options = {"converter": module.__name__.rsplit(".", 1)[-1], **({"coco": OmegaConf.to_container(cfg.coco)} if info.name == "COCO2014" else {})}
+    check_options(out_root / info.name, options, bool(cfg.overwrite))
     counts = convert(plan, out_root=out_root, info=info, read_mask=module.read_mask,
                      overwrite=bool(cfg.overwrite), workers=cfg.workers)
     for split, c in counts.items():

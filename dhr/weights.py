@@ -72,6 +72,10 @@ def convert(kind: str, src: Path, dst: Path, options: dict[str, str]) -> dict[st
     if not src.is_file():
         raise DHRError(f"SRC={src}: file not found")
     overwrite = options.pop("overwrite", "false").lower() == "true"
+    allowed = {"dhr": {"cam", "dataset", "backbone"}, "cause": {"codebook"}}.get(kind, {"backbone"})
+    unknown = sorted(k for k in options if k not in allowed and not (kind == "dhr" and k.startswith("model.")))
+    if unknown:
+        raise DHRError(f"{unknown}: not options of KIND={kind} (it takes {sorted(allowed)}); see python -m dhr.weights --help")
     if kind == "dhr":
         from dhr.engine import official_dhr_checkpoint
 
@@ -81,7 +85,7 @@ def convert(kind: str, src: Path, dst: Path, options: dict[str, str]) -> dict[st
         dataset = options.pop("dataset", "voc")
         backbone = options.pop("backbone", "resnet101")
         overrides = (f"dataset={dataset}", f"backbone={backbone}", *(f"{k}={v}" for k, v in options.items()))
-        out = official_dhr_checkpoint(src, keep_cam=cam == "keep", overrides=overrides)
+        out, _ = official_dhr_checkpoint(src, keep_cam=cam == "keep", overrides=overrides)
         report = {"tensors": len(out["state_dict"]), "dropped": out["converted_from"]["dropped"], "module": out["dhr_module"]}
     elif kind == "cause":
         import numpy as np
@@ -89,6 +93,8 @@ def convert(kind: str, src: Path, dst: Path, options: dict[str, str]) -> dict[st
         from dhr.models.official import official_cause
 
         book = options.pop("codebook", None)
+        if book and not Path(book).is_file():
+            raise DHRError(f"codebook={book}: file not found; give CAUSE's modular.npy")
         codebook = torch.from_numpy(np.load(book)) if book else None
         out = official_cause(read_checkpoint(src, "SRC"), str(src), codebook)
         report = {"tensors": len(out["decoder"]), "codebook": list(out["codebook"].shape)}
@@ -116,8 +122,6 @@ def convert(kind: str, src: Path, dst: Path, options: dict[str, str]) -> dict[st
         load_strict(model, state, str(src))
         out = model.state_dict()
         report = {"tensors": len(out), "filled_num_batches_tracked": len(filled)}
-    if options:
-        raise DHRError(f"{sorted(options)}: not options of KIND={kind}; see python -m dhr.weights --help")
     _save(out, dst, overwrite)
     report.update(kind=kind, src=str(src), dst=str(dst))
     log.info("converted %s (%s): %s", src, kind, ", ".join(f"{k}={v}" for k, v in report.items() if k not in ("src", "dst")))

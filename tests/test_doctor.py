@@ -49,8 +49,8 @@ def test_every_problem_of_every_split_is_listed(voc_tree, tmp_path):
     (root / "validation" / "mask" / "c.png").unlink()                                   # missing mask
     Image.new("P", (3, 3)).save(root / "validation" / "mask" / "zz.png")               # orphan
     (root / "train_aug" / "image" / "b.jpg").write_bytes(b"not a jpeg")               # unreadable image
-    big = np.full((40, 52), 30, dtype=np.uint8)
-    Image.fromarray(big, mode="L").save(root / "train_aug" / "mask" / "a.png")         # out-of-range ids
+    e_size = Image.open(root / "train_aug" / "image" / "e.jpg").size
+    Image.fromarray(np.full(e_size[::-1], 30, dtype=np.uint8), mode="L").save(root / "train_aug" / "mask" / "e.png")  # out-of-range ids
     Image.new("RGB", (8, 8)).save(root / "train_aug" / "image" / "a.png")               # a second file for id a
     (root / "validation" / "xml" / "d.xml").write_text("<annotation><object><name>unicorn</name></object></annotation>")
     report = tmp_path / "doctor.json"
@@ -60,10 +60,15 @@ def test_every_problem_of_every_split_is_listed(voc_tree, tmp_path):
     warnings = "\n".join(w for s in out["splits"] for w in s["warnings"])
     assert "no mask for image c.jpg" in errors
     assert "b.jpg: cannot decode image" in errors
-    assert "a.png: values [30] are not class ids 0..20 or 255" in errors or "id 'a' has 2 files" in errors
+    assert "e.png: values [30] are not class ids 0..20 or 255" in errors
     assert "id 'a' has 2 files (a.jpg, a.png)" in errors
     assert "unknown class name(s) ['unicorn']" in errors
     assert "1 mask file(s) without an image, e.g. ['zz']" in warnings
+
+
+def test_a_missing_or_misspelled_split_is_an_error(voc_tree):
+    out = doctor("dataset=voc", f"paths.data_root={voc_tree}", "splits=[valdation]")
+    assert not out["ok"] and "valdation/image: split folder not found" in out["splits"][0]["errors"][0]
 
 
 def test_seeds_and_uss_features_are_checked(voc_tree, tmp_path):

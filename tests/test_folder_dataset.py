@@ -77,7 +77,8 @@ def test_any_file_names_json_tags_and_untagged_images(tmp_path, caplog):
 
 @pytest.mark.parametrize("problem, match", [
     ("duplicate", r"a\.jpg and a\.png have the same id 'a'"),
-    ("unknown", r"tags\.csv: 1 image\(s\) name classes not in dataset\.classes \(e\.g\. a\.jpg: \['unicorn'\]\)"),
+    ("unknown", r"tags\.csv: 1 image\(s\) name classes not in dataset\.classes \(e\.g\. a\.jpg \(line 2\): \['unicorn'\]\)"),
+    ("twice", r"a\.jpg has two rows \('a' and 'a\.jpg'\)"),
     ("orphan", r"image 'zz\.jpg' is not in"),
     ("header", r"needs the header 'image,classes'"),
 ])
@@ -87,7 +88,7 @@ def test_bad_folder_inputs_name_the_file_and_the_fix(tmp_path, problem, match):
     Image.new("RGB", (12, 10)).save(images / "a.jpg")
     if problem == "duplicate":
         Image.new("RGB", (12, 10)).save(images / "a.png")
-    rows = {"unknown": "a.jpg,unicorn", "orphan": "zz.jpg,cat"}.get(problem, "a.jpg,cat")
+    rows = {"unknown": "a.jpg,unicorn", "orphan": "zz.jpg,cat", "twice": "a,cat\na.jpg,dog"}.get(problem, "a.jpg,cat")
     header = "name,labels" if problem == "header" else "image,classes"
     (tmp_path / "tags.csv").write_text(f"{header}\n{rows}\n")
     cfg = folder_cfg(images, tmp_path / "tags.csv", "dataset.classes=[cat,dog]")
@@ -110,3 +111,33 @@ def test_a_class_file_resolves_in_place_as_instantiate_does(tmp_path):
                                 "dataset.folder.images=x", "dataset.folder.tags=y"], tmp_path)
     OmegaConf.resolve(cfg)  # Hydra's instantiate resolves the config in place
     assert cfg.model.num_classes == 81 and cfg.dataset.background_id == 0 and cfg.data.dataset.classes[80] == "toothbrush"
+
+
+def test_masks_inside_the_view_are_refused_and_a_failed_view_rebuilds(tmp_path):
+    images = tmp_path / "photos"
+    images.mkdir()
+    for name in ("a", "b"):
+        Image.new("RGB", (12, 10)).save(images / f"{name}.jpg")
+    (tmp_path / "tags.csv").write_text("image,classes\na.jpg,cat\nb.jpg,dog\n")
+    inside = tmp_path / "data" / "folder" / "train" / "mask"
+    inside.mkdir(parents=True)
+    cfg = folder_cfg(images, tmp_path / "tags.csv", "dataset.classes=[cat,dog]", f"dataset.folder.masks={inside}")
+    with pytest.raises(DHRError, match="overlap; keep your files outside it"):
+        build_folder_view(tmp_path / "data", cfg)
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    Image.new("L", (12, 10)).save(masks / "a.png")
+    cfg = folder_cfg(images, tmp_path / "tags.csv", "dataset.classes=[cat,dog]", f"dataset.folder.masks={masks}")
+    inside.rmdir()
+    with pytest.raises(DHRError, match=r"1 of 2 images have no \{id\}\.png mask \(e\.g\. \['b'\]\)"):
+        build_folder_view(tmp_path / "data", cfg)
+    Image.new("L", (12, 10)).save(masks / "b.png")
+    view = build_folder_view(tmp_path / "data", cfg)  # the fixed inputs build the view
+    assert sorted(p.name for p in (view / "mask").iterdir()) == ["a.png", "b.png"]
+    (view / "CAUSE").mkdir()
+    (view / "CAUSE" / "a.pt").write_bytes(b"features")  # written beside the view by a later stage
+    (images / "b.jpg").unlink()
+    (tmp_path / "tags.csv").write_text("image,classes\na.jpg,cat\n")
+    build_folder_view(tmp_path / "data", cfg)  # inputs changed: rebuilt, b gone, nothing else touched
+    assert sorted(p.name for p in (view / "image").iterdir()) == ["a.jpg"]
+    assert (view / "CAUSE" / "a.pt").is_file() and (masks / "b.png").is_file()

@@ -95,10 +95,23 @@ def test_prepare_resumes_keeping_finished_files_and_overwrite_rewrites(tmp_path)
     assert prepare(*args, "overwrite=true")["splits"]["validation"]["written"] == 2
 
 
-def test_prepare_never_writes_into_its_source(tmp_path):
+def test_prepare_never_writes_into_its_source_even_through_a_link(tmp_path):
     make_voc(tmp_path / "dl")
     with pytest.raises(DHRError, match="overlaps the source"):
         prepare("voc", tmp_path / "dl", tmp_path / "dl" / "converted", "splits=[validation]")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "VOC2012").symlink_to(tmp_path / "dl" / "VOCdevkit" / "VOC2012")
+    with pytest.raises(DHRError, match="overlaps the source"):
+        prepare("voc", tmp_path / "dl", tmp_path / "data", "splits=[validation]")
+    assert not (tmp_path / "dl" / "VOCdevkit" / "VOC2012" / "validation").exists()
+
+
+def test_a_corrupt_sbd_file_is_named_and_the_others_convert(tmp_path):
+    make_voc(tmp_path / "dl")
+    (tmp_path / "dl/benchmark_RELEASE/dataset/cls/f.mat").write_bytes(b"MATLAB 5.0 truncated")
+    with pytest.raises(DHRError, match=r"1 of 4 images could not be converted[\s\S]*f\.mat"):
+        prepare("voc", tmp_path / "dl", tmp_path / "data", f"sbd={tmp_path / 'dl/benchmark_RELEASE'}", "splits=[train_aug]")
+    assert ids(tmp_path / "data" / "VOC2012" / "train_aug" / "mask") == ["a", "b", "e"]
 
 
 def test_coco_masks_overlap_rule_crowd_and_rle(tmp_path):
@@ -111,11 +124,27 @@ def test_coco_masks_overlap_rule_crowd_and_rle(tmp_path):
     assert (label[10:20, 20:30] == dog).all()   # the small dog stays on top of the person
     assert (label[3:10, 12:38] == person).all()
     assert (label[shapes["crowd"] & (label != person)] == car).all() and (label == car).any()
+    assert (label[30:32, 10:20] == person).all()  # the crowd of cars lies beneath the single person
     assert read_xml_names(root / "train" / "xml" / "COCO_train2014_000000000001.xml") == ["car", "dog", "person"]
     empty = read_label_png(root / "train" / "mask" / "COCO_train2014_000000000002.png")
     assert (empty == 0).all() and read_xml_names(root / "train" / "xml" / "COCO_train2014_000000000002.xml") == []
     bike = read_label_png(root / "validation" / "mask" / "COCO_val2014_000000000003.png")
     np.testing.assert_array_equal(bike == 2, shapes["bike"])  # compressed RLE decodes exactly
+
+
+def test_coco_area_rule_does_not_depend_on_the_json_order(tmp_path):
+    make_coco(tmp_path / "coco", dog_first=False)
+    prepare("coco", tmp_path / "coco", tmp_path / "data", "splits=[train]")
+    label = read_label_png(tmp_path / "data/COCO2014/train/mask/COCO_train2014_000000000001.png")
+    assert (label[10:20, 20:30] == 17).all()  # listed after the person, the small dog still stays on top
+
+
+def test_a_resumed_conversion_with_other_options_is_refused(tmp_path):
+    make_coco(tmp_path / "coco")
+    prepare("coco", tmp_path / "coco", tmp_path / "data", "splits=[validation]")
+    with pytest.raises(DHRError, match=r"converted with other options \(coco=\{'overlap': 'area'"):
+        prepare("coco", tmp_path / "coco", tmp_path / "data", "splits=[validation]", "coco.overlap=json")
+    prepare("coco", tmp_path / "coco", tmp_path / "data", "splits=[validation]", "coco.overlap=json", "overwrite=true")
 
 
 def test_coco_json_order_and_crowd_ignore_switches(tmp_path):

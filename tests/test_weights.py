@@ -175,6 +175,8 @@ def test_dino_dinov2_and_torchvision_files_convert_strictly(tmp_path):
     assert out["filled_num_batches_tracked"] == 20
     net, _ = backbone_from_cfg({"name": "resnet18", "output_stride": 16, "weights": str(tmp_path / "r18.pth")})
     assert torch.equal(net.state_dict()["layer3.1.conv2.weight"], tv["layer3.1.conv2.weight"])
+    with pytest.raises(DHRError, match=r"\['cam'\]: not options of KIND=torchvision"):
+        convert("torchvision", tmp_path / "resnet18-f37072fd.pth", tmp_path / "z.pth", {"cam": "keep"})
     with pytest.raises(DHRError, match="KIND='mars'"):
         convert("mars", tmp_path / "r18.pth", tmp_path / "y.pth", {})
 

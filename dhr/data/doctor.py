@@ -60,7 +60,7 @@ def _stems(folder: Path, suffixes: tuple[str, ...]) -> dict[str, list[Path]]:
         for p in folder.iterdir():
             if p.is_file() and p.suffix.lower() in suffixes and not p.name.startswith("."):
                 out.setdefault(p.stem, []).append(p)
-    return out
+    return {k: sorted(v) for k, v in out.items()}
 
 
 def check_split(layout: DatasetLayout, split: str, *, seeds_dir: Path | None = None, uss_name: str | None = None,
@@ -71,6 +71,10 @@ def check_split(layout: DatasetLayout, split: str, *, seeds_dir: Path | None = N
     d = layout.root / split
     rep = SplitReport(split)
     images = _stems(d / "image", IMAGE_EXTS)
+    if not images:
+        rep.errors.append(f"{d / 'image'}: {'no images' if (d / 'image').is_dir() else 'split folder not found'}; "
+                          f"the splits here are {[p.name for p in sorted(layout.root.iterdir()) if (p / 'image').is_dir()]}")
+        return rep
     for stem, paths in sorted(images.items()):
         if len(paths) > 1:
             rep.errors.append(f"{d / 'image'}: id {stem!r} has {len(paths)} files ({', '.join(sorted(p.name for p in paths))}); keep one")

@@ -46,12 +46,13 @@ def read_tags_file(path: Path, info: DatasetInfo) -> dict[str, list[str]]:
     table: dict[str, list[str]] = {}
     if path.suffix.lower() == ".json":
         try:
-            raw = json.loads(path.read_text())
+            raw = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=_no_duplicate_keys(path))
             table = {str(k): [str(n) for n in v] for k, v in raw.items()}
         except (json.JSONDecodeError, AttributeError, TypeError) as err:
             raise DHRError(f"{path}: expected JSON {{\"image\": [\"class name\", ...]}} ({err})") from None
     else:
-        with path.open(newline="") as handle:
+        rows: dict[str, int] = {}
+        with path.open(newline="", encoding="utf-8-sig") as handle:  # utf-8-sig: spreadsheets write a BOM
             reader = csv.DictReader(handle)
             if reader.fieldnames is None or not {"image", "classes"} <= {f.strip() for f in reader.fieldnames}:
                 raise DHRError(f"{path}: a tags CSV needs the header 'image,classes' (classes separated by ';'), "
@@ -60,13 +61,27 @@ def read_tags_file(path: Path, info: DatasetInfo) -> dict[str, list[str]]:
                 row = {k.strip(): (v or "") for k, v in row.items() if k}
                 key = row["image"].strip()
                 if key in table:
-                    raise DHRError(f"{path}:{line}: image {key!r} is listed twice; merge its rows")
+                    raise DHRError(f"{path}:{line}: image {key!r} is listed twice (also line {rows[key]}); merge its rows")
                 table[key] = [n.strip() for n in row["classes"].split(";") if n.strip()]
-    problems = [f"{k}: {sorted(set(v) - set(info.class_to_id))}" for k, v in table.items() if set(v) - set(info.class_to_id)]
+                rows[key] = line
+    where = {k: f"{k} (line {rows[k]})" for k in table} if path.suffix.lower() != ".json" else {k: k for k in table}
+    problems = [f"{where[k]}: {sorted(set(v) - set(info.class_to_id))}" for k, v in table.items() if set(v) - set(info.class_to_id)]
     if problems:
         raise DHRError(f"{path}: {len(problems)} image(s) name classes not in dataset.classes "
                        f"(e.g. {'; '.join(problems[:3])}); fix the names or add them to the class list")
     return table
+
+
+def _no_duplicate_keys(path: Path) -> Any:
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in seen:
+                raise DHRError(f"{path}: image {key!r} is listed twice; merge its entries")
+            seen[key] = value
+        return seen
+
+    return hook
 
 
 def build_folder_view(data_root: Path, dataset_cfg: Mapping[str, Any]) -> Path:
@@ -81,18 +96,23 @@ def build_folder_view(data_root: Path, dataset_cfg: Mapping[str, Any]) -> Path:
     if masks_dir is not None and not masks_dir.is_dir():
         raise DHRError(f"dataset.folder.masks={masks_dir}: folder not found (or set it to null: no scoring)")
     split_dir = data_root / info.name / info.split_dir_name("train")
-    for src in (images_dir, masks_dir):
-        if src is not None and (src.resolve() == split_dir.resolve() or src.resolve() in split_dir.resolve().parents):
-            raise DHRError(f"paths.data_root={data_root}: the view {split_dir} would lie inside {src}; "
-                           "pick a data_root outside the image folder")
+    view_root = (data_root / info.name).resolve()
+    for key, src in (("images", images_dir), ("masks", masks_dir), ("tags", tags_path)):
+        if src is None:
+            continue
+        r = src.resolve()
+        if r == view_root or view_root in r.parents or r in view_root.parents:
+            raise DHRError(f"dataset.folder.{key}={src} and the view {data_root / info.name} overlap; keep your files "
+                           "outside it (set paths.data_root or dataset.name to a place of its own)")
     stamp = {"images": str(images_dir.resolve()), "tags": str(tags_path.resolve()),
              "masks": str(masks_dir.resolve()) if masks_dir else None, "classes": list(info.classes),
              "tags_mtime": tags_path.stat().st_mtime_ns if tags_path.is_file() else None,
              "images_mtime": images_dir.stat().st_mtime_ns}
     manifest = split_dir / VIEW_MANIFEST
-    if manifest.is_file() and json.loads(manifest.read_text()) == stamp:
+    previous = json.loads(manifest.read_text()) if manifest.is_file() else None
+    if previous is not None and previous.get("stamp") == stamp:
         return split_dir
-    if (split_dir / "image").is_dir() and not manifest.is_file():
+    if previous is None and split_dir.is_dir() and any(split_dir.iterdir()):
         raise DHRError(f"{split_dir}: exists and is not a folder view of dhr; set dataset.name or paths.data_root "
                        "to a place of its own")
     files: dict[str, Path] = {}
@@ -104,39 +124,46 @@ def build_folder_view(data_root: Path, dataset_cfg: Mapping[str, Any]) -> Path:
             files[p.stem] = p
     if not files:
         raise DHRError(f"dataset.folder.images={images_dir}: no images ({', '.join(IMAGE_EXTS)})")
-    table = read_tags_file(tags_path, info)
+    tags = _tags_per_id(read_tags_file(tags_path, info), files, tags_path, images_dir)
+    if masks_dir is not None:
+        missing = sorted(s for s in files if not (masks_dir / f"{s}.png").is_file())
+        if missing:
+            raise DHRError(f"dataset.folder.masks={masks_dir}: {len(missing)} of {len(files)} images have no {{id}}.png "
+                           f"mask (e.g. {missing[:5]}); give every image a mask or set dataset.folder.masks=null")
+    untagged = sorted(set(files) - set(tags))
+    if untagged:
+        log.warning("%d of %d images in %s have no row in %s (e.g. %s): they count as untagged and training drops them",
+                    len(untagged), len(files), images_dir, tags_path, untagged[:3])
+    for rel in (previous or {}).get("files", []):  # what the earlier view wrote, and nothing else
+        (split_dir / rel).unlink(missing_ok=True)
+    written = []
+    for stem, path in files.items():
+        written.append(f"image/{stem}{path.suffix.lower()}")
+        _link(path, split_dir / written[-1])
+        written.append(f"xml/{stem}.xml")
+        objects = [(n, (0.0, 0.0, 1.0, 1.0)) for n in tags.get(stem, [])]
+        write_xml(split_dir / written[-1], filename=path.name, size=(1, 1), objects=objects)
+        if masks_dir is not None:
+            written.append(f"mask/{stem}.png")
+            _link(masks_dir / f"{stem}.png", split_dir / written[-1])
+        if len(written) <= 3:  # from the first file on, a rerun knows what it may remove
+            atomic_write_json(manifest, {"stamp": None, "files": written})
+    atomic_write_json(manifest, {"stamp": stamp, "files": written})
+    log.info("folder dataset: %d images (%d tagged) from %s viewed at %s", len(files), len(tags), images_dir, split_dir)
+    return split_dir
+
+
+def _tags_per_id(table: dict[str, list[str]], files: dict[str, Path], tags_path: Path, images_dir: Path) -> dict[str, list[str]]:
+    """Rows keyed by file name or id, mapped to ids; a row naming no image or a second row of one image is an error."""
     tags: dict[str, list[str]] = {}
     for key, names in table.items():
         stem = key if key in files else Path(key).stem
         if stem not in files or (key != stem and files[stem].name != key):
             raise DHRError(f"{tags_path}: image {key!r} is not in {images_dir}; remove the row or add the image")
+        if stem in tags:
+            raise DHRError(f"{tags_path}: image {files[stem].name} has two rows ({stem!r} and {key!r}); merge them")
         tags[stem] = names
-    untagged = sorted(set(files) - set(tags))
-    if untagged:
-        log.warning("%d of %d images in %s have no row in %s (e.g. %s): they count as untagged and training drops them",
-                    len(untagged), len(files), images_dir, tags_path, untagged[:3])
-    for sub in ("image", "xml", "mask"):
-        folder = split_dir / sub
-        if folder.is_dir():  # stale entries of an earlier view
-            for p in folder.iterdir():
-                if p.is_symlink() or p.suffix in (".xml", ".png", *IMAGE_EXTS):
-                    p.unlink()
-    for stem, path in files.items():
-        _link(path, split_dir / "image" / f"{stem}{path.suffix.lower()}")
-        objects = [(n, (0.0, 0.0, 1.0, 1.0)) for n in tags.get(stem, [])]
-        write_xml(split_dir / "xml" / f"{stem}.xml", filename=path.name, size=(1, 1), objects=objects)
-        if masks_dir is not None:
-            mask = masks_dir / f"{stem}.png"
-            if mask.is_file():
-                _link(mask, split_dir / "mask" / f"{stem}.png")
-    if masks_dir is not None:
-        missing = sum(not (masks_dir / f"{s}.png").is_file() for s in files)
-        if missing:
-            raise DHRError(f"dataset.folder.masks={masks_dir}: {missing} of {len(files)} images have no {{id}}.png mask; "
-                           "give every image a mask or set dataset.folder.masks=null")
-    atomic_write_json(manifest, stamp)
-    log.info("folder dataset: %d images (%d tagged) from %s viewed at %s", len(files), len(tags), images_dir, split_dir)
-    return split_dir
+    return tags
 
 
 def _link(src: Path, dst: Path) -> None:

@@ -50,9 +50,7 @@ def unwrap_state_dict(obj: Any, origin: str) -> dict[str, torch.Tensor]:
 
 def is_official_dhr(state: Mapping[str, Any]) -> bool:
     """The official DeepLabv3+ layout (``seg_decoder.classifier.weight`` beside ``model.conv1.weight``)."""
-    keys = set(state)
-    return {"seg_decoder.classifier.weight", "model.conv1.weight"} <= keys or \
-        {"module.seg_decoder.classifier.weight", "module.model.conv1.weight"} <= keys
+    return {"seg_decoder.classifier.weight", "model.conv1.weight"} <= set(state)
 
 
 def map_official_dhr(state: Mapping[str, torch.Tensor], *, keep_cam: bool, origin: str) -> tuple[dict[str, torch.Tensor], list[str]]:

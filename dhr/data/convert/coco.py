@@ -3,11 +3,11 @@
 Masks: background 0, class k = the k-th COCO category (in the order of ``dataset.classes``, matched
 by name). Instances are rasterised with pycocotools (polygons and RLE alike). Overlaps follow
 ``coco.overlap``: ``area`` (default) paints instances largest first, so where two overlap the
-smaller one, usually the one in front, keeps its pixels, independent of the JSON order; ``json``
-lets the first annotation of the file keep its pixels, as the public WSSS conversion scripts do
-(e.g. WeakTr's ``data/parse_coco.py``). Crowd regions (``iscrowd=1``)
-follow ``coco.crowd``: ``class`` paints them with their class beneath every single instance;
-``ignore`` makes them 255. Tags: the categories of every annotation of the image, crowd
+smaller one, usually the one in front, keeps its pixels, independent of the JSON order, and crowd
+regions lie beneath every single instance; ``json`` lets the first annotation of the file keep its
+pixels, crowd ones included, as the public WSSS conversion scripts do (WeakTr's
+``data/parse_coco.py``). Crowd regions (``iscrowd=1``) get their class (``coco.crowd=class``)
+or 255 (``coco.crowd=ignore``). Tags: the categories of every annotation of the image, crowd
 included, with their boxes.
 """
 
@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from dhr.data.convert.common import Plan, Sample, find_root
+from dhr.data.convert.common import Plan, Sample, find_root, select_splits
 from dhr.data.layout import DatasetInfo
 from dhr.errors import DHRError
 
@@ -37,13 +37,12 @@ def read_mask(source: dict[str, Any]) -> np.ndarray:
 
     height, width = source["size"]
     label = np.zeros((height, width), dtype=np.uint8)
-    crowd = [a for a in source["anns"] if a["iscrowd"]]
-    single = [a for a in source["anns"] if not a["iscrowd"]]
-    if source["overlap"] == "area":
-        single = sorted(single, key=lambda a: -a["area"])  # stable: equal areas keep the JSON order
+    if source["overlap"] == "area":  # crowd beneath, then the largest first (stable: equal areas keep the JSON order)
+        crowd = [a for a in source["anns"] if a["iscrowd"]]
+        order = crowd + sorted((a for a in source["anns"] if not a["iscrowd"]), key=lambda a: -a["area"])
     else:
-        single = single[::-1]  # painted last = kept: the first annotation wins
-    for ann in crowd + single:
+        order = source["anns"][::-1]  # painted last = kept: the first annotation of the file wins
+    for ann in order:
         segm = ann["segmentation"]
         try:
             if isinstance(segm, list):  # polygons
@@ -72,10 +71,7 @@ def plan(src: Path, splits: list[str] | None, info: DatasetInfo, coco: Any = Non
         raise DHRError(f"coco.overlap={overlap!r}: use one of {OVERLAP_RULES}")
     if crowd not in CROWD_RULES:
         raise DHRError(f"coco.crowd={crowd!r}: use one of {CROWD_RULES}")
-    wanted = splits or list(SOURCES)
-    unknown = sorted(set(wanted) - set(SOURCES))
-    if unknown:
-        raise DHRError(f"splits={unknown}: COCO2014 has {sorted(SOURCES)}")
+    wanted = select_splits(splits, list(SOURCES), "COCO2014")
     root = find_root(src, ["", "coco", "COCO2014"], "annotations", "a COCO 2014 download",
                      "Give src= the folder holding annotations/instances_train2014.json, train2014/ and val2014/.")
     out = {}
@@ -107,6 +103,9 @@ def _plan_split(root: Path, split: str, info: DatasetInfo, overlap: str, crowd: 
                        "use dataset=coco (the 80 COCO things)")
     per_image: dict[int, list[dict[str, Any]]] = {}
     for ann in annotations:
+        if ann.get("category_id") not in categories:
+            raise DHRError(f"{ann_file}: annotation {ann.get('id')} has category_id {ann.get('category_id')}, "
+                           "which the file's categories do not list; re-download the annotations")
         per_image.setdefault(ann["image_id"], []).append(ann)
     samples = []
     for image in sorted(images, key=lambda im: im["file_name"]):

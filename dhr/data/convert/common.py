@@ -101,13 +101,34 @@ def check_sizes(plan: Plan, strict: bool) -> None:
     log.warning(message)
 
 
-def check_out_dir(out_root: Path, sources: Sequence[Path]) -> None:
-    """Refuse to write inside a source tree or onto it: converters never touch the downloads."""
-    out = out_root.resolve()
+def refuse_overlap(target: Path, sources: Sequence[Path]) -> None:
+    """Refuse a tree that would lie inside a download or hold one (links resolved): converters never touch the downloads."""
+    out = target.resolve()
     for src in sources:
         s = src.resolve()
         if out == s or s in out.parents or out in s.parents:
-            raise DHRError(f"out={out_root} overlaps the source {src}; write the converted tree to another folder")
+            raise DHRError(f"{target} (resolved {out}) overlaps the source {src}; write the converted tree to another out=")
+
+
+def select_splits(splits: Sequence[str] | None, available: Sequence[str], name: str) -> list[str]:
+    """The requested output splits (all by default); an unknown one is an error listing the dataset's."""
+    wanted = list(splits) if splits else list(available)
+    unknown = sorted(set(wanted) - set(available))
+    if unknown:
+        raise DHRError(f"splits={unknown}: {name} has {sorted(available)}")
+    return wanted
+
+
+def check_options(out_dir: Path, options: Mapping[str, Any], overwrite: bool) -> None:
+    """A resumed conversion must use the options of the files already written (``{DATA}/.prepare.json``)."""
+    path = out_dir / ".prepare.json"
+    if path.is_file() and not overwrite:
+        before = json.loads(path.read_text())
+        if before != dict(options):
+            changed = sorted(k for k in set(before) | set(options) if before.get(k) != options.get(k))
+            raise DHRError(f"{path}: this tree was converted with other options ({', '.join(f'{k}={before.get(k)}' for k in changed)}); "
+                           "pass overwrite=true to rewrite it with the new ones, or write to another out=")
+    atomic_write_json(path, dict(options))
 
 
 def _outputs(out_dir: Path, sample: Sample) -> tuple[Path, Path | None, Path]:
@@ -127,6 +148,7 @@ def convert_one(sample: Sample, *, out_dir: Path, info: DatasetInfo, read_mask: 
     try:
         try:
             with Image.open(sample.image) as im:
+                im.load()  # a truncated download fails here, not in training
                 width, height = im.size
         except FileNotFoundError:
             raise DHRError(f"{sample.image}: image file not found") from None
@@ -135,7 +157,12 @@ def convert_one(sample: Sample, *, out_dir: Path, info: DatasetInfo, read_mask: 
         label = None
         if sample.mask_source is not None:
             origin = sample.mask_source if isinstance(sample.mask_source, (str, Path)) else sample.image
-            label = np.asarray(read_mask(sample.mask_source))
+            try:
+                label = np.asarray(read_mask(sample.mask_source))
+            except DHRError:
+                raise
+            except Exception as err:  # noqa: BLE001 - any unreadable label is this file's problem, not the run's
+                raise DHRError(f"{origin}: cannot read the label ({type(err).__name__}: {err}); re-extract it") from None
             if label.shape != (height, width):
                 raise DHRError(f"{origin}: label is {label.shape[1]}x{label.shape[0]} but "
                                f"{sample.image} is {width}x{height} (WxH)")

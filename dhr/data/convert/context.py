@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from dhr.data.convert.common import Plan, Sample, find_root, read_id_list
+from dhr.data.convert.common import Plan, Sample, find_root, read_id_list, select_splits
 from dhr.data.layout import DatasetInfo
 from dhr.errors import DHRError
 
@@ -43,7 +43,7 @@ def read_mask(source: tuple[Path, tuple[int, ...]]) -> np.ndarray:
         labels = np.asarray(loadmat(path)["LabelMap"])
     except FileNotFoundError:
         raise DHRError(f"{path}: PASCAL Context label file not found") from None
-    except (KeyError, ValueError, OSError) as err:
+    except (KeyError, ValueError, OSError, IndexError, TypeError) as err:  # MatReadError is a ValueError
         raise DHRError(f"{path}: not a PASCAL Context .mat with LabelMap ({err}); re-extract trainval.tar.gz") from None
     table = np.full(int(max(labels.max(initial=0), max(ids))) + 1, 255, dtype=np.uint8)
     table[list(ids)] = np.arange(len(ids), dtype=np.uint8)
@@ -51,10 +51,7 @@ def read_mask(source: tuple[Path, tuple[int, ...]]) -> np.ndarray:
 
 
 def plan(src: Path, splits: list[str] | None, info: DatasetInfo, **_: Any) -> Plan:
-    wanted = splits or list(SOURCES)
-    unknown = sorted(set(wanted) - set(SOURCES))
-    if unknown:
-        raise DHRError(f"splits={unknown}: PascalContext has {sorted(SOURCES)}")
+    wanted = select_splits(splits, list(SOURCES), "PascalContext")
     voc = find_root(src, ["VOCdevkit/VOC2010", "VOC2010", ""], "ImageSets/Main", "a VOC2010 tree",
                     "Give src= the folder holding VOCdevkit/VOC2010 (VOCtrainval_03-May-2010.tar) and trainval/ + "
                     "labels.txt (trainval.tar.gz of PASCAL Context).")

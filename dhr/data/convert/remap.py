@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dhr.data.convert.common import Plan, Sample
+from dhr.data.convert.common import Plan, Sample, select_splits
 from dhr.errors import DHRError
 from dhr.utils.io import read_label_png
 
@@ -42,9 +42,6 @@ def plan_pairs(images_dir: Path, labels_dir: Path, split: str) -> list[Sample]:
 
 def pairs_plan(folders: dict[str, tuple[Path, Path]], official: dict[str, int], splits: list[str] | None,
                name: str) -> Plan:
-    wanted = splits or list(folders)
-    unknown = sorted(set(wanted) - set(folders))
-    if unknown:
-        raise DHRError(f"splits={unknown}: {name} has {sorted(folders)}")
+    wanted = select_splits(splits, list(folders), name)
     out = {split: plan_pairs(*folders[split], split) for split in wanted}
     return Plan(out, {k: v for k, v in official.items() if k in out})

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from dhr.data.convert.common import Plan, find_root
+from dhr.data.convert.common import Plan, find_root, select_splits
 from dhr.data.convert.remap import lookup_table, pairs_plan, remap_png
 
 OFFICIAL_SIZES = {"train": 118287, "validation": 5000}
@@ -25,11 +25,16 @@ def read_mask(source: Path) -> np.ndarray:
     return remap_png(source, TABLE)
 
 
+FOLDERS = {"train": "train2017", "validation": "val2017"}
+
+
 def plan(src: Path, splits: list[str] | None, **_: Any) -> Plan:
-    labels = find_root(src, ["stuffthingmaps_trainval2017", "stuffthingmaps", "annotations"], "val2017",
+    wanted = select_splits(splits, list(FOLDERS), "COCO-Stuff")
+    probe = FOLDERS[wanted[0]]
+    labels = find_root(src, ["stuffthingmaps_trainval2017", "stuffthingmaps", "annotations"], probe,
                        "a COCO-Stuff-164k label tree",
                        "Give src= the folder holding stuffthingmaps_trainval2017/{train,val}2017 and the images "
                        "train2017/, val2017/ (or images/train2017).")
-    images = next((d for d in (src, src / "images") if any((d / "val2017").glob("*.jpg"))), src)
-    folders = {split: (images / name, labels / name) for split, name in (("train", "train2017"), ("validation", "val2017"))}
-    return pairs_plan(folders, OFFICIAL_SIZES, splits, "COCO-Stuff")
+    images = next((d for d in (src, src / "images") if any((d / probe).glob("*.jpg"))), src)
+    folders = {split: (images / FOLDERS[split], labels / FOLDERS[split]) for split in wanted}
+    return pairs_plan(folders, OFFICIAL_SIZES, wanted, "COCO-Stuff")

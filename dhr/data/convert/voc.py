@@ -9,17 +9,15 @@ of the mask.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dhr.data.convert.common import Plan, Sample, find_root, read_id_list
+from dhr.data.convert.common import Plan, Sample, find_root, read_id_list, select_splits
 from dhr.errors import DHRError
 from dhr.utils.io import read_label_png
 
-log = logging.getLogger(__name__)
 OFFICIAL_SIZES = {"train_aug": 10582, "validation": 1449, "test": 1456}
 
 
@@ -48,17 +46,14 @@ def read_sbd_mat(path: Path) -> np.ndarray:
         return np.asarray(mat["GTcls"].Segmentation, dtype=np.uint8)
     except FileNotFoundError:
         raise DHRError(f"{path}: SBD label file not found") from None
-    except (KeyError, AttributeError, ValueError, OSError) as err:
+    except (KeyError, AttributeError, ValueError, OSError, IndexError, TypeError) as err:  # MatReadError is a ValueError
         raise DHRError(f"{path}: not an SBD cls .mat with GTcls.Segmentation ({err}); re-extract benchmark.tgz") from None
 
 
 def plan(src: Path, sbd: Path | None, splits: list[str] | None, **_: Any) -> Plan:
     root = voc_root(src)
     lists = root / "ImageSets" / "Segmentation"
-    wanted = splits or ["train_aug", "validation", "test"]
-    unknown = sorted(set(wanted) - set(OFFICIAL_SIZES))
-    if unknown:
-        raise DHRError(f"splits={unknown}: VOC2012 has {sorted(OFFICIAL_SIZES)}")
+    wanted = select_splits(splits, list(OFFICIAL_SIZES), "VOC2012")
     val = read_id_list(lists / "val.txt")
     out: dict[str, list[Sample]] = {}
     notes = []
