@@ -96,9 +96,8 @@ def check_split(layout: DatasetLayout, split: str, *, seeds_dir: Path | None = N
     pixels = np.zeros(256, dtype=np.int64)
     tag_counts: Counter[int] = Counter()
 
-    def check(stem: str) -> tuple[list[str], list[str], set[int], np.ndarray | None, tuple[int, ...] | None]:
+    def check(stem: str) -> tuple[list[str], set[int], np.ndarray | None, tuple[int, ...] | None]:
         errors: list[str] = []
-        warnings: list[str] = []
         present: set[int] = set()
         counts = None
         image = images[stem][0]
@@ -107,7 +106,7 @@ def check_split(layout: DatasetLayout, split: str, *, seeds_dir: Path | None = N
                 im.load()
                 width, height = im.size
         except (OSError, SyntaxError) as err:
-            return [f"{image}: cannot decode image ({err})"], [], present, None, None
+            return [f"{image}: cannot decode image ({err})"], present, None, None
         for kind, table, folder in (("mask", masks, d / "mask"), ("seed", seeds, seeds_dir)):
             if kind == "mask" and not has_masks or kind == "seed" and seeds_dir is None:
                 continue
@@ -148,13 +147,12 @@ def check_split(layout: DatasetLayout, split: str, *, seeds_dir: Path | None = N
                 errors.append(f"{d / 'cls_labels.json'}: no tags for image {image.name}")
         if uss_name:
             errors += _check_feature(feats.get(stem), d / uss_name, image.name, (height, width), uss_patch, uss_dim)
-        return errors, warnings, present, counts, tags
+        return errors, present, counts, tags
 
     bar = Progress(len(images), f"doctor {info.name}/{split}") if progress else None
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-        for errors, warnings, present, counts, tags in pool.map(check, list(images)):
+        for errors, present, counts, tags in pool.map(check, list(images)):
             rep.errors += errors
-            rep.warnings += warnings
             class_images.update(present)
             if counts is not None:
                 rep.masks += 1
