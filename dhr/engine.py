@@ -113,7 +113,7 @@ def evaluate_split(datamodule: Any, pred_dir: Path, split: str, tag: str) -> dic
 
 
 def official_dhr_checkpoint(path: str | Path, *, keep_cam: bool, dataset: Any = None,
-                            overrides: tuple[str, ...] = ()) -> tuple[dict[str, Any], Any]:
+                            overrides: tuple[str, ...] = (), raw: Any = None) -> tuple[dict[str, Any], Any]:
     """A dhr checkpoint (module tag, hyper-parameters, weights) from the DHR release's ``last.pth``.
 
     ``keep_cam`` keeps the CAM head (``model=dhr``); without it the plain DeepLabv3+
@@ -139,7 +139,7 @@ def official_dhr_checkpoint(path: str | Path, *, keep_cam: bool, dataset: Any = 
     )
     from dhr.utils.cli import compose_config
 
-    state = unwrap_state_dict(read_checkpoint(path, "ckpt"), str(path))
+    state = unwrap_state_dict(read_checkpoint(path, "ckpt") if raw is None else raw, str(path))
     if not is_official_dhr(state):
         raise DHRError(f"{path}: not the official DHR DeepLabv3+ layout (no model.conv1.weight / seg_decoder.classifier.weight)")
     cfg = compose_config("train", [f"model={'dhr' if keep_cam else 'deeplabv3plus'}", "backbone=resnet101", *overrides])
@@ -167,6 +167,6 @@ def load_any_module(path: str | Path, dataset: Any) -> Any:
     info = DatasetInfo.from_cfg(OmegaConf.to_container(dataset, resolve=True) if isinstance(dataset, DictConfig) else dataset)
     raw = read_checkpoint(path, "ckpt")
     if MODULE_KEY not in raw and is_official_dhr(unwrap_state_dict(raw, str(path))):
-        _, module = official_dhr_checkpoint(path, keep_cam=False, dataset=dataset)
+        _, module = official_dhr_checkpoint(path, keep_cam=False, dataset=dataset, raw=raw)
         return module.eval()
-    return load_module(path, "ckpt", num_classes=info.num_classes, dataset=info.name)
+    return load_module(path, "ckpt", num_classes=info.num_classes, dataset=info.name, state=raw)

@@ -87,12 +87,12 @@ def without_weight_files(hparams: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_module(path: str | Path, key: str = "ckpt", num_classes: int | None = None,
-                dataset: str | None = None, prefer_ema: bool = True) -> Any:
+                dataset: str | None = None, prefer_ema: bool = True, state: Mapping[str, Any] | None = None) -> Any:
     """The module of a dhr checkpoint with its (EMA) weights, in eval mode.
 
     ``num_classes`` (of ``dataset``) is checked against the checkpoint's before any weight loads.
     """
-    state = read_checkpoint(path, key)
+    state = read_checkpoint(path, key) if state is None else state  # ``state``: the file already read
     if MODULE_KEY not in state or "hyper_parameters" not in state:
         raise DHRError(f"{key}={path}: not a dhr.train checkpoint (no {MODULE_KEY} / hyper_parameters)")
     hparams = dict(state["hyper_parameters"])
