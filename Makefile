@@ -13,10 +13,10 @@ help:  ## list the targets
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e ".[dev,slurm,pretrained]" numpy cython
+	$(PY) -m pip install -q -e ".[dev,slurm,pretrained,crf]" numpy cython
 	touch $@
 
-setup: $(VENV)/.installed  ## create .venv and install dhr with its dev, slurm and pretrained extras
+setup: $(VENV)/.installed  ## create .venv and install dhr with its dev, slurm, pretrained and crf extras
 
 test: setup  ## run the whole test suite
 	$(PY) -m pytest -q

@@ -66,7 +66,7 @@ def configure_inference(module: Any, infer: DictConfig, crf: DictConfig | None) 
         raise DHRError(f"infer.{missing[0]} is not set but {type(module).__name__} needs it; add the model's config "
                        f"group (e.g. model=cam or model=dhr) to the command")
     module.infer = values
-    runs_crf = getattr(module, "crf_pool", None) is not None or (getattr(module, "writes_crf", False) and values.get("crf"))
+    runs_crf = getattr(module, "crf_runner", None) is not None or (getattr(module, "writes_crf", False) and values.get("crf"))
     if crf is not None and runs_crf:
         from dhr.ops.crf import CRFParams
 

@@ -64,7 +64,7 @@ def main() -> None:
         dm.setup("fit")
         loaders[name] = dm
     base = module.relabel_cfg
-    crf = module.crf_pool if args.get("crf", "on") == "on" else PassThroughCRF(module.crf_pool.params)
+    crf = module.crf_runner if args.get("crf", "on") == "on" else PassThroughCRF(module.crf_runner.params)
     totals: dict[str, np.ndarray] = {}
     for name, dm in loaders.items():
         torch.manual_seed(0)

@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dhr.ops import relabel as R  # noqa: E402
-from dhr.ops.crf import CRFParams, CRFPool, PassThroughCRF  # noqa: E402
+from dhr.ops.crf import CRFParams, CRFRunner, PassThroughCRF  # noqa: E402
 from dhr.reference.batches import random_relabel_batch  # noqa: E402
 from dhr.reference.relabel import reference_relabel  # noqa: E402
 
@@ -53,7 +53,7 @@ def main() -> None:
     switches = {"step1": {"bg_mode": "official"}, "cell_scope": "all", "mm_eps": 0.0} if args.release else {}
     cfg = R.RelabelConfig.defaults(**switches)
     params = CRFParams.defaults(processes=1)
-    crf = PassThroughCRF(params) if args.no_crf else CRFPool(params)
+    crf = PassThroughCRF(params) if args.no_crf else CRFRunner(params)
     ref_crf = (lambda im, p: p) if args.no_crf else None
     same_ref, same_bf16, off_ref = [], [], []
     for i in args.only if args.only else range(args.samples):

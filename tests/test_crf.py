@@ -1,21 +1,24 @@
-"""Dense CRF op: posteriors normalised, edges respected, pool equals serial, the release's
-de-normalisation on every level, parameters validated with the key named."""
+"""Dense CRF op on each installed backend: posteriors normalised, edges respected, the runner's
+batches equal single calls, the release's de-normalisation on every level, parameters validated
+with the key named, and the backend chosen as documented."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-pytest.importorskip("pydensecrf.densecrf")
-
-from dhr.ops.crf import CRFParams, CRFPool, denormalize, dense_crf, dense_crf_many  # noqa: E402
+from dhr.errors import DHRError
+from dhr.ops.crf import CRFParams, CRFRunner, denormalize, dense_crf, dense_crf_batch, pydensecrf_installed
 
 PARAMS = CRFParams.defaults()
+BACKENDS = ["torch", pytest.param("pydensecrf", marks=pytest.mark.skipif(
+    not pydensecrf_installed(), reason="pydensecrf is the [crf] extra"))]
+needs_pydensecrf = pytest.mark.skipif(not pydensecrf_installed(), reason="pydensecrf is the [crf] extra")
 
 
-def two_region_case(seed: int = 0):
+def two_region_case(seed: int = 0, h: int = 48, w: int = 64):
     rng = np.random.default_rng(seed)
-    h, w = 48, 64
     image = np.zeros((h, w, 3), np.uint8)
     image[:, : w // 2] = (200, 40, 40)
     image[:, w // 2 :] = (40, 40, 200)
@@ -25,37 +28,90 @@ def two_region_case(seed: int = 0):
     return image, np.stack([1 - p1, p1]).astype(np.float32), truth
 
 
-def test_posteriors_sum_to_one_and_clean_up_noise():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_posteriors_sum_to_one_and_clean_up_noise(backend):
     image, probs, truth = two_region_case()
-    q = dense_crf(image, probs, PARAMS)
+    q = dense_crf(image, probs, PARAMS, backend=backend)
+    assert isinstance(q, np.ndarray) and q.dtype == np.float32
     assert q.shape == probs.shape and np.allclose(q.sum(0), 1, atol=1e-4)
     before = (probs.argmax(0) == truth).mean()
     after = (q.argmax(0) == truth).mean()
     assert before < 0.97 and after > 0.99 and after > before
 
 
-def test_pool_matches_serial():
-    cases = [two_region_case(s) for s in range(3)]
-    serial = [dense_crf(im, p, PARAMS) for im, p, _ in cases]
-    pooled = dense_crf_many([c[0] for c in cases], [c[1] for c in cases], CRFParams.defaults(processes=2))
-    with CRFPool(CRFParams.defaults(processes=2)) as pool:  # a persistent pool, called twice
-        again = [pool([c[0] for c in cases], [c[1] for c in cases]) for _ in range(2)]
-    for a, b, c, d in zip(serial, pooled, *again, strict=True):
-        np.testing.assert_allclose(a, b)
-        np.testing.assert_allclose(a, c)
-        np.testing.assert_allclose(a, d)
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_runner_batches_equal_single_calls(backend):
+    """Crops of two sizes and 2-5 labels in one call: grouped by size, labels padded, split in chunks."""
+    rng = np.random.default_rng(1)
+    cases = []
+    for i, (h, w, k) in enumerate([(48, 64, 2), (40, 40, 4), (48, 64, 5), (40, 40, 3), (48, 64, 5)]):
+        image, _, _ = two_region_case(i, h, w)
+        logits = rng.normal(0, 1.5, (k, h, w)).astype(np.float32)
+        cases.append((torch.from_numpy(image), torch.softmax(torch.from_numpy(logits), 0)))
+    params = CRFParams.defaults(backend=backend, chunk=2, processes=2)
+    single = [dense_crf(im, p, params) for im, p in cases]
+    with CRFRunner(params) as runner:  # a persistent runner (and pydensecrf pool), called twice
+        batched = [runner([c[0] for c in cases], [c[1] for c in cases]) for _ in range(2)]
+    for one, *many in zip(single, *batched, strict=True):
+        for got in many:
+            assert got.shape == one.shape
+            torch.testing.assert_close(got, one, atol=1e-6, rtol=0)
 
 
-def test_parameters_change_the_result_and_are_validated():
-    from dhr.errors import DHRError
-
+def test_batched_call_takes_tensors_and_keeps_them_on_their_device():
     image, probs, _ = two_region_case()
-    assert not np.allclose(dense_crf(image, probs, PARAMS), dense_crf(image, probs, CRFParams.defaults(bilateral_srgb=30.0)))
-    for key, value in (("bilateral_sxy", 0), ("iterations", 0), ("denorm", "floor"), ("processes", -1), ("clip", 2)):
+    images = torch.from_numpy(np.stack([image, image[::-1].copy()]))
+    p = torch.from_numpy(np.stack([probs, probs]))
+    q = dense_crf_batch(images, p, PARAMS, backend="torch")
+    assert q.shape == p.shape and q.device == p.device and q.dtype == torch.float32
+    torch.testing.assert_close(q[0], torch.from_numpy(dense_crf(image, probs, PARAMS, backend="torch")))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_parameters_change_the_result(backend):
+    image, probs, _ = two_region_case()
+    assert not np.allclose(dense_crf(image, probs, PARAMS, backend=backend),
+                           dense_crf(image, probs, CRFParams.defaults(bilateral_srgb=30.0), backend=backend))
+
+
+def test_parameters_are_validated_with_the_key_named():
+    for key, value in (("bilateral_sxy", 0), ("iterations", 0), ("denorm", "floor"), ("processes", -1), ("clip", 2),
+                       ("backend", "cuda"), ("chunk", 0)):
         with pytest.raises(DHRError, match=f"crf.{key}"):
             CRFParams.defaults(**{key: value})
     with pytest.raises(DHRError, match="crf.bogus"):
         CRFParams.defaults(bogus=1)
+
+
+def test_a_checkpoint_crf_node_without_the_new_keys_still_loads():
+    old = {k: v for k, v in CRFParams.defaults().__dict__.items() if k not in ("backend", "chunk")}
+    params = CRFParams.from_cfg(old)
+    assert params.backend == "auto" and params.chunk == 16
+
+
+def test_auto_takes_torch_on_an_accelerator_and_pydensecrf_on_the_cpu_when_installed(monkeypatch):
+    import dhr.ops.crf.params as P
+
+    auto = CRFParams.defaults()
+    assert auto.backend_for(torch.device("cuda", 0)) == "torch"
+    assert auto.backend_for(torch.device("cpu")) == ("pydensecrf" if pydensecrf_installed() else "torch")
+    monkeypatch.setattr(P, "pydensecrf_installed", lambda: False)
+    assert auto.backend_for(torch.device("cpu")) == "torch"
+    with pytest.raises(DHRError, match=r"crf.backend=pydensecrf.*\[crf\].*crf.backend=torch"):
+        CRFParams.defaults(backend="pydensecrf")
+
+
+def test_shape_mismatch_is_reported():
+    image, probs, _ = two_region_case()
+    with pytest.raises(ValueError, match="CRF image is"):
+        dense_crf(image[:40], probs, PARAMS, backend="torch")
+
+
+def test_a_lattice_too_wide_for_64_bit_codes_names_the_fix():
+    image = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    _, probs, _ = two_region_case(h=32, w=32)
+    with pytest.raises(DHRError, match="crf.bilateral_srgb"):
+        dense_crf(image, probs, CRFParams.defaults(bilateral_srgb=0.0005, bilateral_sxy=0.001), backend="torch")
 
 
 def test_denormalize_truncates():
@@ -65,6 +121,8 @@ def test_denormalize_truncates():
     normed = ((pixel - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)).astype(np.float32).reshape(3, 1, 1)
     assert denormalize(normed, "truncate")[0, 0].tolist() == [100, 0, 254]
     assert denormalize(normed, "round")[0, 0].tolist() == [101, 0, 255]
+    batched = denormalize(torch.from_numpy(np.stack([normed, normed])), "truncate")
+    assert batched.dtype == torch.uint8 and batched.shape == (2, 1, 1, 3) and batched[1, 0, 0].tolist() == [100, 0, 254]
 
 
 def test_denormalize_is_the_release_float64_arithmetic_on_every_level():
@@ -82,7 +140,10 @@ def test_denormalize_is_the_release_float64_arithmetic_on_every_level():
     assert (moved > 10).all(), f"float32 arithmetic should move many levels per channel (moved {moved.tolist()})"
 
 
-def test_hard_label_crf_snaps_a_shifted_mask_to_the_image_edge():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_hard_label_crf_snaps_a_shifted_mask_to_the_image_edge(backend):
+    from dataclasses import replace
+
     from dhr.ops.crf import crf_refine_labels, labels_to_probs
 
     image, _, truth = two_region_case()
@@ -91,6 +152,6 @@ def test_hard_label_crf_snaps_a_shifted_mask_to_the_image_edge():
     shifted[0, 0] = 255
     probs = labels_to_probs(shifted, 2)
     assert np.allclose(probs.sum(0), 1) and probs[:, 0, 0].tolist() == [0.5, 0.5]
-    refined = crf_refine_labels(image, shifted, 2, PARAMS)
+    refined = crf_refine_labels(image, shifted, 2, replace(PARAMS, backend=backend))
     assert (refined == truth).mean() > (shifted == truth).mean()
     assert (refined == truth).mean() > 0.99

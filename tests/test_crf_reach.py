@@ -1,6 +1,6 @@
 """One ``crf`` node reaches every dense-CRF call: DHR relabelling in training, DHR masks, CAM seeds,
-CAUSE evaluation. A spy on ``dhr.ops.crf.dense_crf`` records the parameters of each call
-(``crf.processes=1`` keeps the calls in this process)."""
+CAUSE evaluation. A spy on :class:`dhr.ops.crf.CRFRunner`, the one way into either backend, records
+the parameters of each image's CRF."""
 
 from __future__ import annotations
 
@@ -12,23 +12,22 @@ from conftest import compose_cfg, dhr_overrides, model_hparams, tiny_train_overr
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-import dhr.ops.crf as crf_ops
 from dhr.engine import configure_inference
+from dhr.ops.crf import CRFRunner
 
-pytest.importorskip("pydensecrf.densecrf")
 SXY = "crf.bilateral_sxy=50"
 
 
 @pytest.fixture
 def spy(monkeypatch):
     seen: list[float] = []
-    real = crf_ops.dense_crf
+    real = CRFRunner.__call__
 
-    def recording(image, probs, params):
-        seen.append(params.bilateral_sxy)
-        return real(image, probs, params)
+    def recording(self, images, probs, progress=None):
+        seen.extend([self.params.bilateral_sxy] * len(images))
+        return real(self, images, probs, progress)
 
-    monkeypatch.setattr(crf_ops, "dense_crf", recording)
+    monkeypatch.setattr(CRFRunner, "__call__", recording)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # self.log outside a Trainer
         yield seen

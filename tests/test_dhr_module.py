@@ -78,7 +78,7 @@ def test_step1_restores_the_erased_minor_seeds(synth_root, dhr_inputs, tmp_path)
     def step1(cams):
         return relabel(batch["mask"], cams=cams, tags=batch["tags"], images=batch["image"], boxes=batch["crop_box"],
                        uss=None, wss_feats=[], num_classes=9, background_id=0, cfg=module.relabel_cfg,
-                       crf=module.crf_pool).masks
+                       crf=module.crf_runner).masks
 
     minor = torch.tensor(MINOR_IDS)
     restored = torch.isin(step1(out["cams"]), minor).flatten(1).any(1)  # the network's own CAMs (3 training steps)

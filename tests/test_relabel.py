@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from dhr.ops import relabel as R
-from dhr.ops.crf import CRFParams, CRFPool
+from dhr.ops.crf import CRFParams, CRFRunner, dense_crf, pydensecrf_installed
 from dhr.reference.batches import random_relabel_batch
 from dhr.reference.relabel import cell_is_valid, reference_relabel, vote
 
@@ -78,19 +78,28 @@ def test_step1_power_mode_keeps_background_on_a_one_class_image():
     image = torch.zeros(1, 3, s, s)
     cfg = R.RelabelConfig.defaults(steps=[1])
     out = R.relabel(masks, cams=cams, tags=torch.tensor([[1.0, 0.0]]), images=image, boxes=torch.tensor([[0, 0, s, s]]),
-                    uss=None, wss_feats=[], num_classes=3, background_id=0, cfg=cfg, crf=CRFPool(CRF)).masks
+                    uss=None, wss_feats=[], num_classes=3, background_id=0, cfg=cfg, crf=CRFRunner(CRF)).masks
     assert (out[0, :16, :16] == 1).all()  # the seed is pasted
     assert (out[0, 16:, :] == 0).all() and (out[0, :, 16:] == 0).all()  # background stays
     official = R.relabel(masks, cams=cams, tags=torch.tensor([[1.0, 0.0]]), images=image, boxes=torch.tensor([[0, 0, s, s]]),
                          uss=None, wss_feats=[], num_classes=3, background_id=0,
-                         cfg=R.RelabelConfig.defaults(steps=[1], step1={"bg_mode": "official"}), crf=CRFPool(CRF)).masks
+                         cfg=R.RelabelConfig.defaults(steps=[1], step1={"bg_mode": "official"}), crf=CRFRunner(CRF)).masks
     assert (official == 1).all()  # the release's defect 7: the whole crop becomes foreground
+
+
+def reference_crf():
+    """The reference calls pydensecrf as the release does; where it is not installed, both sides run
+    the torch backend (``CRF`` is ``auto``), which still checks every step around the CRF."""
+    if pydensecrf_installed():
+        return None
+    return lambda image, probs: dense_crf(image, probs, CRF, backend="torch")
 
 
 def reference_masks(batch: dict, cfg: R.RelabelConfig) -> list[np.ndarray]:
     return [reference_relabel(batch["masks"][i].numpy(), batch["cams"][i].numpy(), batch["tags"][i].numpy(),
                               batch["images"][i].numpy(), batch["boxes"][i].tolist(), batch["uss"][i].numpy(),
-                              [f[i].numpy() for f in batch["wss_feats"]], batch["num_classes"], 0, cfg, CRF)
+                              [f[i].numpy() for f in batch["wss_feats"]], batch["num_classes"], 0, cfg, CRF,
+                              crf=reference_crf())
             for i in range(len(batch["masks"]))]
 
 
@@ -113,7 +122,7 @@ PARITY = {  # dhr-method.md §10: the switches that restore the release's behavi
 def test_batched_relabel_with_the_crf_equals_the_literal_reference(steps):
     batch = random_relabel_batch(0)
     cfg = R.RelabelConfig.defaults(steps=steps, uss_patch=8)
-    result = R.relabel(cfg=cfg, crf=CRFPool(CRF), **batch)
+    result = R.relabel(cfg=cfg, crf=CRFRunner(CRF), **batch)
     assert sum(int(c.sum()) for c in result.changed.values()) > 0  # the steps did relabel something
     assert_same(result.masks, reference_masks(batch, cfg))
 
@@ -122,20 +131,20 @@ def test_batched_relabel_with_the_crf_equals_the_literal_reference(steps):
 def test_release_parity_switches_match_the_reference(switches):
     batch = random_relabel_batch(1, full_boxes=switches in ("cells_all", "release"))
     cfg = R.RelabelConfig.defaults(uss_patch=8, **PARITY[switches])
-    assert_same(R.relabel(cfg=cfg, crf=CRFPool(CRF), **batch).masks, reference_masks(batch, cfg))
+    assert_same(R.relabel(cfg=cfg, crf=CRFRunner(CRF), **batch).masks, reference_masks(batch, cfg))
 
 
 def test_relabelling_is_fp32_under_bf16_autocast():
     """Lightning's 16-mixed wraps training_step in autocast; the masks must not notice."""
     batch = random_relabel_batch(2, batch=4)
     cfg = R.RelabelConfig.defaults(uss_patch=8)
-    plain = R.relabel(cfg=cfg, crf=CRFPool(CRF), **batch).masks
+    plain = R.relabel(cfg=cfg, crf=CRFRunner(CRF), **batch).masks
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        mixed = R.relabel(cfg=cfg, crf=CRFPool(CRF), **batch).masks
+        mixed = R.relabel(cfg=cfg, crf=CRFRunner(CRF), **batch).masks
         halved = {**batch, "cams": batch["cams"].bfloat16(), "uss": batch["uss"].bfloat16()}
-        from_bf16 = R.relabel(cfg=cfg, crf=CRFPool(CRF), **halved).masks
+        from_bf16 = R.relabel(cfg=cfg, crf=CRFRunner(CRF), **halved).masks
     assert torch.equal(plain, mixed)
-    reference = R.relabel(cfg=cfg, crf=CRFPool(CRF), **{**batch, "cams": halved["cams"].float(), "uss": halved["uss"].float()})
+    reference = R.relabel(cfg=cfg, crf=CRFRunner(CRF), **{**batch, "cams": halved["cams"].float(), "uss": halved["uss"].float()})
     assert torch.equal(from_bf16, reference.masks)  # bf16 inputs are promoted, never computed in bf16
 
 

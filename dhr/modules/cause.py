@@ -250,10 +250,9 @@ class CauseModule(DHRLightningModule):
         feats = (feats + feats_flip) / 2
         cos = torch.einsum("bchw,kc->bkhw", F.normalize(feats, dim=1), F.normalize(self.cluster_probe, dim=1))
         scores = F.interpolate(torch.log_softmax(3 * cos, dim=1), size=size, mode="bilinear", align_corners=False)
-        probs = torch.softmax(scores, dim=1).float().cpu().numpy()
-        rgb = F.interpolate(image, size=size, mode="bilinear", align_corners=False).float().cpu().numpy()
-        q = self.crf_pool.on_normalised(list(rgb), list(probs))
-        return torch.from_numpy(np.stack(q).argmax(1)).to(image.device)
+        probs = torch.softmax(scores, dim=1).float()
+        rgb = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
+        return self.crf_runner.on_normalised(rgb, probs).argmax(1).to(image.device)
 
     def on_validation_epoch_start(self) -> None:
         n = self.hparams.num_classes

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -105,7 +104,7 @@ class DHRModule(SegmentationModule):
             feats = [out[name].detach() for name in self.relabel_cfg.ws_layers]
             result = relabel(seeds, cams=out["cams"].detach(), tags=batch["tags"], images=image, boxes=batch["crop_box"],
                              uss=batch.get("uss"), wss_feats=feats, num_classes=self.hparams.num_classes,
-                             background_id=self.background_id, cfg=self.relabel_cfg, crf=self.crf_pool)
+                             background_id=self.background_id, cfg=self.relabel_cfg, crf=self.crf_runner)
             target = result.masks
             crop_pixels = ((batch["crop_box"][:, 2] - batch["crop_box"][:, 0]) *
                            (batch["crop_box"][:, 3] - batch["crop_box"][:, 1])).float()
@@ -146,9 +145,9 @@ class DHRModule(SegmentationModule):
         kept = torch.nonzero(peak > threshold).flatten()
         if len(kept) == 0:
             kept = peak.argmax().view(1)
-        maps = probs[kept].cpu().numpy()
+        maps = probs[kept].float()
         if self.infer["fp16_maps"]:
-            maps = maps.astype(np.float16).astype(np.float32)
-        q = self.crf_pool.on_normalised([image.float().cpu().numpy()], [maps])[0]
-        return kept.cpu()[torch.from_numpy(q.argmax(0))].to(torch.uint8)
+            maps = maps.half().float()
+        q = self.crf_runner.on_normalised(image[None], maps[None])[0]
+        return kept[q.argmax(0)].to(torch.uint8).cpu()
 

@@ -5,7 +5,8 @@ cosine heat-maps; Step 3 splits USS-similar classes with the WSS (C4/C5) feature
 globally, samples the maps at the crop's pixels and runs the dense CRF. Everything but the CRF
 is batched: classes are a fixed channel axis with a per-sample presence mask, cells a fixed
 g x g grid with a validity mask, and OT runs through :func:`dhr.ops.sinkhorn.sinkhorn_plan`
-with row/column masks. The CRF goes to a worker pool (:class:`dhr.ops.crf.CRFPool`).
+with row/column masks. The CRF runs through :class:`dhr.ops.crf.CRFRunner`: batched on the
+batch's device with the torch backend, in CPU worker processes with pydensecrf.
 
 Conventions: crop boxes are (y0, x0, y1, x1) on the S x S canvas; masks hold class ids and 255.
 """
@@ -21,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from dhr.errors import DHRError
-from dhr.ops.crf import CRFPool, denormalize
+from dhr.ops.crf import CRFRunner, denormalize
 from dhr.ops.sinkhorn import sinkhorn_plan
 from dhr.utils.config import conf_node, from_mapping, merge
 from dhr.utils.grid import ceil_to, working_grid  # noqa: F401 - working_grid is part of this API
@@ -210,9 +211,10 @@ def transport(maps: torch.Tensor, valid: torch.Tensor, classes: torch.Tensor, ot
 
 
 # -- CRF glue ------------------------------------------------------------------------------------
-def _crop_images(images: torch.Tensor, boxes: list[tuple[int, int, int, int]], denorm: str) -> list[np.ndarray]:
-    arr = images.detach().float().cpu().numpy()
-    return [denormalize(arr[i, :, y0:y1, x0:x1], denorm) for i, (y0, x0, y1, x1) in enumerate(boxes)]
+def _crop_images(images: torch.Tensor, boxes: list[tuple[int, int, int, int]], denorm: str) -> list[torch.Tensor]:
+    """uint8 (h, w, 3) crops of the de-normalised canvases, on their device."""
+    rgb = denormalize(images.detach(), denorm)
+    return [rgb[i, y0:y1, x0:x1] for i, (y0, x0, y1, x1) in enumerate(boxes)]
 
 
 # -- Step 1 --------------------------------------------------------------------------------------
@@ -258,7 +260,7 @@ def upsample_box(a: torch.Tensor, cell_box: tuple[int, int, int, int], box: tupl
 
 
 def step1(masks: torch.Tensor, cams: torch.Tensor, tags: torch.Tensor, images: torch.Tensor, boxes: torch.Tensor,
-          cfg: RelabelConfig, fg_ids: torch.Tensor, crf: CRFPool) -> torch.Tensor:
+          cfg: RelabelConfig, fg_ids: torch.Tensor, crf: CRFRunner) -> torch.Tensor:
     """Paste OT-restored foreground seeds into ``masks`` (B, S, S); background/uncertain keeps the label."""
     a, cell_boxes = step1_cams(cams, tags, boxes, masks.shape[-1], cfg)
     out = masks.clone()
@@ -274,19 +276,20 @@ def step1(masks: torch.Tensor, cams: torch.Tensor, tags: torch.Tensor, images: t
             maps = torch.cat([bg, maps])
         elif cfg.step1.bg_mode == "constant":
             maps = torch.cat([torch.full_like(maps[:1], float(cfg.step1.bg_value)), maps])
-        jobs.append(maps.cpu().numpy())
-        where.append((i, fg.cpu()))
+        jobs.append(maps)
+        where.append((i, fg))
     if not jobs:
         return out
     q_list = crf(_crop_images(images[[i for i, _ in where]], [box_list[i] for i, _ in where], crf.params.denorm), jobs)
     for (i, fg), q in zip(where, q_list, strict=True):
         y0, x0, y1, x1 = box_list[i]
+        ignore = torch.tensor([IGNORE], device=q.device)
         if cfg.step1.bg_mode == "official":
-            q = np.concatenate([q, 1 - q.max(0, keepdims=True)])
-            lut = torch.cat([fg_ids[fg], torch.tensor([IGNORE])])
+            q = torch.cat([q, 1 - q.amax(0, keepdim=True)])
+            lut = torch.cat([fg_ids.to(q.device)[fg.to(q.device)], ignore])
         else:
-            lut = torch.cat([torch.tensor([IGNORE]), fg_ids[fg]])
-        new = lut[torch.from_numpy(q.argmax(0))].to(out.device)
+            lut = torch.cat([ignore, fg_ids.to(q.device)[fg.to(q.device)]])
+        new = lut[q.argmax(0)].to(out.device)
         region = out[i, y0:y1, x0:x1]
         paste = new != IGNORE
         if cfg.step1.paste == "missing":
@@ -355,7 +358,7 @@ def sample_at_pixels(heat: torch.Tensor, valid: torch.Tensor, canvas: int) -> to
 
 
 def step23(masks: torch.Tensor, uss: torch.Tensor, wss_feats: Sequence[torch.Tensor], images: torch.Tensor,
-           boxes: torch.Tensor, num_classes: int, cfg: RelabelConfig, crf: CRFPool) -> torch.Tensor:
+           boxes: torch.Tensor, num_classes: int, cfg: RelabelConfig, crf: CRFRunner) -> torch.Tensor:
     """Overwrite each crop with argmax CRF(image, H^dhr at its pixels) over its class set."""
     canvas, g = masks.shape[-1], uss.shape[-1]
     valid = valid_cells(boxes, canvas, g, cfg.cell_scope)
@@ -370,13 +373,13 @@ def step23(masks: torch.Tensor, uss: torch.Tensor, wss_feats: Sequence[torch.Ten
     width = max(len(c) for c in classes)
     index = torch.stack([F.pad(c, (0, width - len(c))) for c in classes])
     chosen = heat[todo].gather(1, index[:, :, None, None].expand(-1, -1, g, g))
-    pixels = sample_at_pixels(chosen, valid[todo], canvas).cpu()
-    jobs = [pixels[k, : len(cls), y0:y1, x0:x1].numpy()
+    pixels = sample_at_pixels(chosen, valid[todo], canvas)
+    jobs = [pixels[k, : len(cls), y0:y1, x0:x1]
             for k, (i, cls) in enumerate(zip(todo, classes, strict=True)) for (y0, x0, y1, x1) in [box_list[i]]]
     q_list = crf(_crop_images(images[todo], [box_list[i] for i in todo], crf.params.denorm), jobs)
     for i, cls, q in zip(todo, classes, q_list, strict=True):
         y0, x0, y1, x1 = box_list[i]
-        out[i, y0:y1, x0:x1] = cls.cpu()[torch.from_numpy(q.argmax(0))].to(out.device)
+        out[i, y0:y1, x0:x1] = cls.to(q.device)[q.argmax(0)].to(out.device)
     return out
 
 
@@ -389,7 +392,7 @@ class RelabelResult:
 @torch.no_grad()
 def relabel(masks: torch.Tensor, *, cams: torch.Tensor, tags: torch.Tensor, images: torch.Tensor, boxes: torch.Tensor,
             uss: torch.Tensor | None, wss_feats: Sequence[torch.Tensor], num_classes: int, background_id: int | None,
-            cfg: RelabelConfig, crf: CRFPool) -> RelabelResult:
+            cfg: RelabelConfig, crf: CRFRunner) -> RelabelResult:
     """The whole §5.5 pseudo-code for a batch; returns the rebuilt masks and per-step change counts.
 
     Always fp32: autocast is switched off inside (Lightning's ``16-mixed`` wraps ``training_step``)
@@ -404,7 +407,7 @@ def relabel(masks: torch.Tensor, *, cams: torch.Tensor, tags: torch.Tensor, imag
 
 def _relabel_fp32(masks: torch.Tensor, *, cams: torch.Tensor, tags: torch.Tensor, images: torch.Tensor,
                   boxes: torch.Tensor, uss: torch.Tensor | None, wss_feats: Sequence[torch.Tensor], num_classes: int,
-                  background_id: int | None, cfg: RelabelConfig, crf: CRFPool) -> RelabelResult:
+                  background_id: int | None, cfg: RelabelConfig, crf: CRFRunner) -> RelabelResult:
     fg_ids = torch.tensor([c for c in range(num_classes) if c != background_id], dtype=torch.long)
     changed: dict[str, torch.Tensor] = {}
     current = masks

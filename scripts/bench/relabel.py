@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from dhr.ops import relabel as R  # noqa: E402
-from dhr.ops.crf import CRFParams, CRFPool, PassThroughCRF  # noqa: E402
+from dhr.ops.crf import CRFParams, CRFRunner, PassThroughCRF  # noqa: E402
 from dhr.reference.batches import blank_outside_boxes  # noqa: E402
 from dhr.reference.relabel import reference_relabel  # noqa: E402
 
@@ -107,9 +107,9 @@ def main() -> None:
     print(f"relabelling without CRF, {args.batch} crops of {args.size}: reference {slow:.2f} s/batch, "
           f"batched ({args.device}) {fast:.3f} s/batch, ratio {slow / fast:.1f}x")
     cores = os.cpu_count() or 1
-    with CRFPool(CRFParams.defaults(processes=cores)) as pool:
+    with CRFRunner(CRFParams.defaults(processes=cores)) as pool:
         pooled = best_of(lambda: batched(pool), 1)
-    serial = best_of(lambda: batched(CRFPool(CRFParams.defaults(processes=1))), 1)
+    serial = best_of(lambda: batched(CRFRunner(CRFParams.defaults(processes=1))), 1)
     slow_crf = slow + (serial - fast)  # the reference calls the same CRF serially
     print(f"with the dense CRF: reference {slow_crf:.2f} s/batch, batched + serial CRF {serial:.2f} s/batch, "
           f"batched + CRF pool of {cores} {pooled:.2f} s/batch, ratio {slow_crf / pooled:.1f}x")
