@@ -15,6 +15,7 @@ not in the lattice reads a zero row, as in pydensecrf.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,7 @@ import torch
 from dhr.errors import DHRError
 
 MAX_CODE = 2**62  # packed vertex codes stay below this (int64, with room for the neighbour offsets)
+SPARSE_DEVICES = ("cpu", "cuda")  # devices with CSR sparse x dense matmul
 
 
 def _scale_factors(d: int) -> list[float]:
@@ -40,17 +42,23 @@ def _canonical(d: int, device: torch.device) -> torch.Tensor:
 
 @dataclass
 class Lattice:
-    """A built lattice: which vertices each point splats to, with which weights, and the blur neighbours."""
+    """A built lattice: which vertices each point splats to, with which weights, and the blur neighbours.
+
+    Splat and slice are sparse matrices (CSR) where the device has sparse matmul (CPU, CUDA): the
+    same sums as pydensecrf's loops, several times faster than scatter and gather; elsewhere they
+    run as ``index_add_`` and gathers.
+    """
 
     batch: int                # images the lattice holds (vertices of different images never meet)
     points: int               # points (pixels) per image
     dim: int                  # feature dimension d
     offsets: torch.Tensor     # (d+1, batch*points) int64: vertex id of each simplex corner of each point
     weights: torch.Tensor     # (d+1, batch*points) float32 barycentric weights (splat)
-    alpha: float              # 1 / (1 + 2^-d) in float32
-    slice_weights: torch.Tensor  # weights * alpha, rounded to float32 (the SSE path's slice)
+    slice_weights: torch.Tensor  # weights * alpha, alpha = 1/(1 + 2^-d), rounded to float32 as pydensecrf's SSE path
     neighbours: torch.Tensor  # (d+1, 2, vertices) int64; ``vertices`` indexes the zero row
     vertices: int
+    splat: torch.Tensor | None = None   # CSR (vertices, batch*points)
+    slice: torch.Tensor | None = None   # CSR (batch*points, vertices)
 
     @classmethod
     def build(cls, features: torch.Tensor) -> Lattice:
@@ -100,8 +108,7 @@ class Lattice:
             bary.scatter_add_(1, pos[:, i:i + 1] + 1, -v[:, i:i + 1])
         bary[:, 0] = bary[:, 0] + (1 + bary[:, d + 1])
         weights = bary[:, : d + 1].T.contiguous()  # (d+1, P)
-        alpha = float(np.float32(1.0 / (1 + 2.0 ** -d)))
-        slice_weights = weights * alpha
+        slice_weights = weights * float(np.float32(1.0 / (1 + 2.0 ** -d)))
 
         # the d+1 vertices of each point's simplex: d integer coordinates each
         canonical = _canonical(d, device)
@@ -109,35 +116,67 @@ class Lattice:
         rk = rank[:, :d].long()
         keys = rem[None] + canonical[:, rk]  # (d+1, P, d)
         offsets, neighbours, vertices = _index_vertices(keys, b, n, d)
-        return cls(batch=b, points=n, dim=d, offsets=offsets, weights=weights, alpha=alpha, slice_weights=slice_weights,
-                   neighbours=neighbours, vertices=vertices)
+        lattice = cls(batch=b, points=n, dim=d, offsets=offsets, weights=weights, slice_weights=slice_weights,
+                      neighbours=neighbours, vertices=vertices)
+        if device.type in SPARSE_DEVICES:
+            lattice.splat, lattice.slice = _sparse_matrices(offsets, weights, slice_weights, vertices)
+        return lattice
 
-    def filter(self, values: torch.Tensor, sequential: bool | None = None) -> torch.Tensor:
-        """Gaussian-filter (B, N, C) float32 values: splat, blur along every axis, slice.
 
-        pydensecrf filters two or fewer channels on its sequential path, more on its SSE path; the
-        two round the slice differently. ``sequential`` (default: C <= 2) picks the rounding.
-        """
+    def filter(self, values: torch.Tensor) -> torch.Tensor:
+        """Gaussian-filter (B, N, C) float32 values: splat, blur along every axis, slice."""
         b, n, c = values.shape
         if (b, n) != (self.batch, self.points):
             raise ValueError(f"values are {(b, n)} but the lattice holds {(self.batch, self.points)}")
         flat = values.reshape(b * n, c)
-        grid = values.new_zeros(self.vertices + 1, c)  # the last row stays zero: missing neighbours
-        for r in range(self.dim + 1):
-            grid.index_add_(0, self.offsets[r], flat * self.weights[r, :, None])
-        zero = grid[-1:]
-        for axis in range(self.dim + 1):
-            n1, n2 = self.neighbours[axis]
-            grid = torch.cat([grid[:-1] + 0.5 * (grid[n1] + grid[n2]), zero])
-        if c <= 2 if sequential is None else sequential:  # pydensecrf's sequential path: (w * value) * alpha
-            out = self.weights[0, :, None] * grid[self.offsets[0]] * self.alpha
-            for r in range(1, self.dim + 1):
-                out += self.weights[r, :, None] * grid[self.offsets[r]] * self.alpha
-        else:  # its SSE path: (w * alpha) * value
-            out = self.slice_weights[0, :, None] * grid[self.offsets[0]]
-            for r in range(1, self.dim + 1):
-                out += self.slice_weights[r, :, None] * grid[self.offsets[r]]
+        if self.splat is not None:
+            grid = self.splat @ flat
+        else:
+            grid = flat.new_zeros(self.vertices, c)
+            for r in range(self.dim + 1):
+                grid.index_add_(0, self.offsets[r], flat * self.weights[r, :, None])
+        grid = self._blur(grid)
+        if self.slice is not None:
+            return (self.slice @ grid).view(b, n, c)
+        out = self.slice_weights[0, :, None] * grid[self.offsets[0]]
+        for r in range(1, self.dim + 1):
+            out += self.slice_weights[r, :, None] * grid[self.offsets[r]]
         return out.view(b, n, c)
+
+    def _blur(self, grid: torch.Tensor) -> torch.Tensor:
+        """v + 0.5 (v[n1] + v[n2]) along each axis in turn; a missing neighbour reads the zero last row."""
+        x = torch.cat([grid, grid.new_zeros(1, grid.shape[1])])
+        y = torch.zeros_like(x)
+        for n1, n2 in self.neighbours:
+            inner = y[:-1]
+            torch.index_select(x, 0, n1, out=inner)
+            inner += x.index_select(0, n2)
+            inner *= 0.5
+            inner += x[:-1]
+            x, y = y, x
+        return x[:-1]
+
+
+def _sparse_matrices(offsets: torch.Tensor, weights: torch.Tensor, slice_weights: torch.Tensor,
+                     vertices: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Splat (vertices x points) and slice (points x vertices) as CSR matrices, columns sorted per row."""
+    corners, points = offsets.shape
+    device = offsets.device
+    by_point, order = offsets.T.sort(dim=1)  # (P, d+1): each point's vertices in order
+    slice_values = slice_weights.T.gather(1, order).flatten()
+    point_rows = torch.arange(0, points * corners + 1, corners, device=device)
+    flat_vertex = by_point.flatten()
+    by_vertex = torch.sort(flat_vertex, stable=True).indices  # stable: points ascend within a vertex
+    counts = torch.bincount(flat_vertex, minlength=vertices)
+    vertex_rows = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+    splat_values = weights.T.gather(1, order).flatten()[by_vertex]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+        splat = torch.sparse_csr_tensor(vertex_rows, by_vertex // corners, splat_values, (vertices, points),
+                                        check_invariants=False)
+        sliced = torch.sparse_csr_tensor(point_rows, flat_vertex, slice_values, (points, vertices),
+                                         check_invariants=False)
+    return splat, sliced
 
 
 def _index_vertices(keys: torch.Tensor, b: int, n: int, d: int) -> tuple[torch.Tensor, torch.Tensor, int]:

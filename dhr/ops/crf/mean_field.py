@@ -70,7 +70,6 @@ def mean_field(images: torch.Tensor, probs: torch.Tensor, params: CRFParams,
     if labels is not None:
         padding = torch.arange(c, device=probs.device)[None, :] >= labels.to(probs.device)[:, None]  # (B, C)
         unary = unary.masked_fill(padding[:, None, :], ABSENT)
-    sequential = c <= 2  # pydensecrf filters <= 2 labels on its sequential path
     gauss, gauss_norm = gaussian_kernel(h, w, float(params.gauss_sxy), probs.device)
     bilateral = Lattice.build(bilateral_features(images, float(params.bilateral_sxy), float(params.bilateral_srgb)))
     bilateral_norm = normaliser(bilateral)
@@ -78,11 +77,11 @@ def mean_field(images: torch.Tensor, probs: torch.Tensor, params: CRFParams,
 
     def gaussian_message(q: torch.Tensor) -> torch.Tensor:  # one lattice for the whole batch: (1, N, B*C)
         folded = (gauss_norm * q).transpose(0, 1).reshape(1, n, b * c)
-        return gauss_norm * gauss.filter(folded, sequential).view(n, b, c).transpose(0, 1)
+        return gauss_norm * gauss.filter(folded).view(n, b, c).transpose(0, 1)
 
     q = torch.softmax(-unary, dim=2)
     for _ in range(params.iterations):
         energy = -unary + params.gauss_compat * gaussian_message(q)
-        energy = energy + params.bilateral_compat * (bilateral_norm * bilateral.filter(bilateral_norm * q, sequential))
+        energy = energy + params.bilateral_compat * (bilateral_norm * bilateral.filter(bilateral_norm * q))
         q = torch.softmax(energy, dim=2)
     return q.transpose(1, 2).reshape(b, c, h, w)
