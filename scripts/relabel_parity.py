@@ -1,6 +1,6 @@
 """Parity of the batched relabelling with the literal reference of the release's arithmetic, with the CRF.
 
-    python scripts/relabel_parity.py [--samples 20] [--canvas 512] [--seed 0] [--release] [--no-crf]
+    python scripts/relabel_parity.py [--samples 20] [--canvas 512] [--seed 0] [--release] [--no-crf] [--backend torch]
 
 Random VOC-sized samples (21 classes, K = 2..6 tagged classes, CAMs at stride 16, 90-d USS maps on
 the ceil14(2S)/14 grid, C4/C5 at stride 8; two tagged classes near-identical in USS space so Step 3
@@ -8,7 +8,9 @@ forms a group in every sample; the last tagged class erased from the seeds so St
 Both run Steps 1-3 with the dense CRF (pydensecrf: the reference calls it itself, with its own
 de-normalisation). Prints, per sample, the share of identical pixels of the batched op against the
 reference, and of the batched op under bf16 autocast against fp32. ``--release`` uses the release
-switches (step1.bg_mode=official, cell_scope=all, mm_eps=0) with full-canvas crops.
+switches (step1.bg_mode=official, cell_scope=all, mm_eps=0) with full-canvas crops. ``--backend torch``
+runs the batched op's CRF on the PyTorch port (the reference keeps pydensecrf): the whole
+relabelling with the port against the release's arithmetic.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dhr.ops import relabel as R  # noqa: E402
-from dhr.ops.crf import CRFParams, CRFRunner, PassThroughCRF  # noqa: E402
+from dhr.ops.crf import CRFParams, CRFRunner, PassThroughCRF, pydensecrf_installed  # noqa: E402
 from dhr.reference.batches import random_relabel_batch  # noqa: E402
 from dhr.reference.relabel import reference_relabel  # noqa: E402
 
@@ -49,10 +51,16 @@ def main() -> None:
     parser.add_argument("--release", action="store_true")
     parser.add_argument("--no-crf", action="store_true", help="replace the CRF by its input (argmax of the maps) in both")
     parser.add_argument("--only", type=int, nargs="*", help="run only these sample indices")
+    parser.add_argument("--backend", default="pydensecrf", choices=["torch", "pydensecrf"],
+                        help="the batched op's CRF (the reference always calls pydensecrf)")
+    parser.add_argument("--device", default="cpu", help="device of the batched op")
     args = parser.parse_args()
+    if not args.no_crf and not pydensecrf_installed():
+        sys.exit("the reference calls pydensecrf: pip install -e '.[crf]', or run with --no-crf")
     switches = {"step1": {"bg_mode": "official"}, "cell_scope": "all", "mm_eps": 0.0} if args.release else {}
     cfg = R.RelabelConfig.defaults(**switches)
-    params = CRFParams.defaults(processes=1)
+    params = CRFParams.defaults(processes=1, backend=args.backend)
+    dev = torch.device(args.device)
     crf = PassThroughCRF(params) if args.no_crf else CRFRunner(params)
     ref_crf = (lambda im, p: p) if args.no_crf else None
     same_ref, same_bf16, off_ref = [], [], []
@@ -60,9 +68,11 @@ def main() -> None:
         t0 = time.perf_counter()
         s = random_relabel_batch(args.seed + i, batch=1, canvas=args.canvas, num_classes=21, k_range=(2, 6), patch=14,
                                  uss_dim=90, wss_dims=(1024, 2048), full_boxes=args.release)
-        got = R.relabel(cfg=cfg, crf=crf, **s).masks[0].numpy()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            mixed = R.relabel(cfg=cfg, crf=crf, **s).masks[0].numpy()
+        on_dev = {k: ([t.to(dev) for t in v] if isinstance(v, list) else v.to(dev) if torch.is_tensor(v) else v)
+                  for k, v in s.items()}
+        got = R.relabel(cfg=cfg, crf=crf, **on_dev).masks[0].cpu().numpy()
+        with torch.autocast(dev.type, dtype=torch.bfloat16):
+            mixed = R.relabel(cfg=cfg, crf=crf, **on_dev).masks[0].cpu().numpy()
         ref = reference_relabel(s["masks"][0].numpy(), s["cams"][0].numpy(), s["tags"][0].numpy(), s["images"][0].numpy(),
                                 s["boxes"][0].tolist(), s["uss"][0].numpy(), [f[0].numpy() for f in s["wss_feats"]],
                                 21, 0, cfg, params, crf=ref_crf)

@@ -11,8 +11,7 @@ from conftest import SHARED_DATA
 from dhr.ops.crf import CRFParams, dense_crf, pydensecrf_installed
 from dhr.reference.crf_cases import agreement_cases, argmax_agreement
 
-pytestmark = [pytest.mark.skipif(not pydensecrf_installed(), reason="the reference is pydensecrf (the [crf] extra)"),
-              pytest.mark.slow]
+pytestmark = pytest.mark.slow
 PARAMS = CRFParams.defaults()
 
 
@@ -23,6 +22,7 @@ def photographs(folder: str, n: int) -> list:
     return paths
 
 
+@pytest.mark.skipif(not pydensecrf_installed(), reason="the reference is pydensecrf (the [crf] extra)")
 @pytest.mark.parametrize(("folder", "seed"), [("voc2012_sample/val", 0), ("voc2012_sample/val_crop513", 1),
                                               ("coco128_seg/train2017", 2)])
 def test_torch_backend_agrees_with_pydensecrf_on_real_photographs(folder, seed):

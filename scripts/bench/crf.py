@@ -1,6 +1,14 @@
-"""Benchmark: dense CRF images/s on VOC-sized inputs (500x375, 21 labels), 1 process vs all cores.
+"""Benchmark: the dense CRF's backends, agreement with pydensecrf and images/s.
 
-    python scripts/bench/crf.py [--images 16]
+    python scripts/bench/crf.py [--backend torch pydensecrf] [--device cpu|cuda] [--per-image 4] [--crops 16]
+
+Agreement: real photographs of ../shared/data (VOC val, VOC val_crop513, COCO128), random crops
+of 128-512 px with random CAM-like unaries of 2-21 labels (``dhr/reference/crf_cases.py``); the
+torch backend on ``--device`` against pydensecrf, per case and as mean and worst share of pixels
+with the same argmax, and the largest |dQ|. Speed: ``--crops`` crops of ``--size`` with ``--labels``
+labels cut from those photographs; pydensecrf serially and in a pool of all cores, the torch backend
+in one batched call (warm: the Gaussian lattice of the size is built on the first call), with
+ratios against pydensecrf serial measured in the same run.
 """
 
 from __future__ import annotations
@@ -12,40 +20,104 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
 
-from dhr.ops.crf import CRFParams, dense_crf_many  # noqa: E402
+from dhr.ops.crf import CRFParams, CRFRunner, pydensecrf_installed  # noqa: E402
+from dhr.reference.crf_cases import agreement_cases, argmax_agreement, random_crop, random_unaries  # noqa: E402
+
+DATA = ROOT.parent / "shared" / "data"
+FOLDERS = ("voc2012_sample/val", "voc2012_sample/val_crop513", "coco128_seg/train2017")
 
 
-def make_inputs(n: int, seed: int = 0) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    rng = np.random.default_rng(seed)
+def photographs(per_folder: int) -> list[Path]:
+    paths = [p for folder in FOLDERS for p in sorted((DATA / folder / "image").glob("*.jpg"))[:per_folder]]
+    if not paths:
+        sys.exit(f"no photographs under {DATA}: this benchmark reads ../shared/data")
+    return paths
+
+
+def agreement(paths: list[Path], per_image: int, device: torch.device) -> None:
+    torch_crf = CRFRunner(CRFParams.defaults(backend="torch"))
+    reference = CRFRunner(CRFParams.defaults(backend="pydensecrf", processes=1))
+    shares, worst_dq = [], 0.0
+    for name, image, probs in agreement_cases(paths, per_image):
+        ours = torch_crf([torch.from_numpy(image).to(device)], [torch.from_numpy(probs).to(device)])[0].cpu().numpy()
+        theirs = reference([torch.from_numpy(image)], [torch.from_numpy(probs)])[0].numpy()
+        shares.append(argmax_agreement(ours, theirs))
+        worst_dq = max(worst_dq, float(np.abs(ours - theirs).max()))
+        print(f"  {name:40s} same argmax {100 * shares[-1]:8.4f} %   max |dQ| {np.abs(ours - theirs).max():.2e}")
+    print(f"agreement over {len(shares)} cases: mean {100 * np.mean(shares):.4f} %, worst {100 * min(shares):.4f} %, "
+          f"max |dQ| {worst_dq:.2e}")
+
+
+def timed(fn, device: torch.device, repeats: int = 2) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def speed(paths: list[Path], crops: int, size: int, labels: int, backends: list[str], device: torch.device) -> None:
+    rng = np.random.default_rng(0)
     images, probs = [], []
-    for _ in range(n):
-        image = rng.integers(0, 256, (375, 500, 3), dtype=np.uint8)
-        logits = rng.normal(0, 1, (21, 375, 500)).astype(np.float32)
-        p = np.exp(logits - logits.max(0))
-        images.append(image)
-        probs.append((p / p.sum(0)).astype(np.float32))
-    return images, probs
+    for i in range(crops):
+        photo = np.asarray(Image.open(paths[i % len(paths)]).convert("RGB"))
+        if min(photo.shape[:2]) < size:
+            photo = np.pad(photo, ((0, max(0, size - photo.shape[0])), (0, max(0, size - photo.shape[1])), (0, 0)),
+                           mode="reflect")
+        crop = random_crop(photo, size, rng)
+        images.append(torch.from_numpy(crop))
+        probs.append(torch.from_numpy(random_unaries(rng, labels, size, size)))
+    print(f"speed: {crops} crops of {size}x{size}, {labels} labels, 10 iterations")
+    rates = {}
+    if "pydensecrf" in backends:
+        cores = os.cpu_count() or 1
+        one = CRFRunner(CRFParams.defaults(backend="pydensecrf", processes=1))
+        rates["pydensecrf, 1 process"] = crops / timed(lambda: one(images, probs), torch.device("cpu"), 1)
+        with CRFRunner(CRFParams.defaults(backend="pydensecrf", processes=cores)) as pool:
+            rates[f"pydensecrf, pool of {cores}"] = crops / timed(lambda: pool(images, probs), torch.device("cpu"), 1)
+    if "torch" in backends:
+        runner = CRFRunner(CRFParams.defaults(backend="torch", chunk=crops))
+        on_dev = [im.to(device) for im in images], [p.to(device) for p in probs]
+        runner(*on_dev)  # warm-up
+        seconds = timed(lambda: runner(*on_dev), device)
+        rates[f"torch on {device}, batch of {crops}"] = crops / seconds
+        print(f"  torch: {seconds:.3f} s for the {crops} crops")
+    base = rates.get("pydensecrf, 1 process")
+    for name, rate in rates.items():
+        ratio = f"   {rate / base:6.2f}x pydensecrf serial" if base else ""
+        print(f"  {name:32s} {rate:8.2f} images/s{ratio}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=16)
+    parser.add_argument("--backend", nargs="+", default=["torch", "pydensecrf"], choices=["torch", "pydensecrf"])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--images", type=int, default=3, help="photographs per folder")
+    parser.add_argument("--per-image", type=int, default=4, help="agreement cases per photograph")
+    parser.add_argument("--crops", type=int, default=16)
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--labels", type=int, default=21)
     args = parser.parse_args()
-    images, probs = make_inputs(args.images)
-    cores = os.cpu_count() or 1
-    rates = {}
-    for processes in (1, cores):
-        t0 = time.perf_counter()
-        out = dense_crf_many(images, probs, CRFParams.defaults(processes=processes))
-        rates[processes] = args.images / (time.perf_counter() - t0)
-        assert len(out) == args.images
-    print(f"dense CRF, 500x375, 21 labels, 10 iterations, {args.images} images")
-    print(f"1 process:    {rates[1]:6.2f} images/s")
-    print(f"{cores} processes: {rates[cores]:6.2f} images/s")
-    print(f"ratio: {rates[cores] / rates[1]:.2f}x")
+    device = torch.device(args.device)
+    backends = list(args.backend)
+    if "pydensecrf" in backends and not pydensecrf_installed():
+        print("pydensecrf is not installed (pip install -e '.[crf]'): timing the torch backend alone")
+        backends.remove("pydensecrf")
+    paths = photographs(args.images)
+    if "pydensecrf" in backends and "torch" in backends and args.per_image > 0:
+        agreement(paths, args.per_image, device)
+    speed(paths, args.crops, args.size, args.labels, backends, device)
 
 
 if __name__ == "__main__":

@@ -1,13 +1,15 @@
-"""Benchmark: DHR relabelling per batch, batched tensors vs the literal per-cell reference.
+"""Benchmark: DHR relabelling per batch, batched tensors vs the literal per-cell reference, and the
+dense CRF inside it on each backend.
 
-    python scripts/bench/relabel.py [--batch 16] [--size 512] [--device cpu]
+    python scripts/bench/relabel.py [--batch 16] [--size 512] [--device cpu|cuda] [--network]
 
 Inputs are VOC-sized (21 classes, 3-4 per crop, CAMs 32x32, USS 90-d on the 74x74 grid, C4
-1024-d and C5 2048-d at stride 8, channels-last as the DHR module runs the network) with two near-identical USS classes so Step 3 runs. Both
-implementations run all three steps; the dense CRF is the same library call in both, so it is
-timed once on its own and the relabelling is compared without it (argmax in its place). The
-end-to-end ratio with the CRF (serial, and in a pool of all cores for the batched code) is
-printed as well.
+1024-d and C5 2048-d at stride 8, channels-last as the DHR module runs the network) with two
+near-identical USS classes so Step 3 runs. Both implementations run all three steps; the dense
+CRF is timed apart (argmax in its place) and then inside the batched relabelling on each backend:
+pydensecrf serial and in a pool of all cores, and the torch backend on ``--device``.
+``--network`` also times one forward + backward of the DHR network (DeepLabv3+ ResNet-101) on the
+same batch: the relabelling should cost no more than that.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from dhr.ops import relabel as R  # noqa: E402
-from dhr.ops.crf import CRFParams, CRFRunner, PassThroughCRF  # noqa: E402
+from dhr.ops.crf import CRFParams, CRFRunner, PassThroughCRF, pydensecrf_installed  # noqa: E402
 from dhr.reference.batches import blank_outside_boxes  # noqa: E402
 from dhr.reference.relabel import reference_relabel  # noqa: E402
 
@@ -81,12 +83,37 @@ def best_of(fn, repeats: int) -> float:
     return min(times)
 
 
+def network_step(batch: int, size: int, dev: torch.device) -> float:
+    """Seconds for one forward + backward of the DHR network (fp32, random weights) on ``batch`` crops."""
+    from hydra.utils import instantiate
+
+    from dhr.utils.cli import compose_config
+
+    cfg = compose_config("train", ["model=dhr", "dataset=voc", "backbone=resnet101"])
+    module = instantiate(cfg.model).to(dev)
+    x = torch.randn(batch, 3, size, size, device=dev)
+
+    def step() -> None:
+        out = module.forward_train(x)
+        sum(v.float().mean() for v in out.values()).backward()
+        sync(dev)
+
+    step()  # warm-up
+    return best_of(step, 2)
+
+
+def sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--network", action="store_true", help="also time the network's forward + backward")
     args = parser.parse_args()
     batch = make_batch(args.batch, args.size)
     cfg = R.RelabelConfig.defaults()
@@ -97,8 +124,7 @@ def main() -> None:
 
     def batched(crf) -> None:
         R.relabel(cfg=cfg, crf=crf, **on_dev)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
+        sync(dev)
 
     no_crf = PassThroughCRF(params)
     batched(no_crf)  # warm-up
@@ -106,13 +132,26 @@ def main() -> None:
     slow = best_of(lambda: run_reference(batch, cfg, params, lambda im, p: p), 1)
     print(f"relabelling without CRF, {args.batch} crops of {args.size}: reference {slow:.2f} s/batch, "
           f"batched ({args.device}) {fast:.3f} s/batch, ratio {slow / fast:.1f}x")
-    cores = os.cpu_count() or 1
-    with CRFRunner(CRFParams.defaults(processes=cores)) as pool:
-        pooled = best_of(lambda: batched(pool), 1)
-    serial = best_of(lambda: batched(CRFRunner(CRFParams.defaults(processes=1))), 1)
-    slow_crf = slow + (serial - fast)  # the reference calls the same CRF serially
-    print(f"with the dense CRF: reference {slow_crf:.2f} s/batch, batched + serial CRF {serial:.2f} s/batch, "
-          f"batched + CRF pool of {cores} {pooled:.2f} s/batch, ratio {slow_crf / pooled:.1f}x")
+    torch_crf = CRFRunner(CRFParams.defaults(backend="torch"))
+    batched(torch_crf)  # warm-up: the Gaussian lattice of each crop size is built once
+    with_torch = best_of(lambda: batched(torch_crf), args.repeats)
+    line = f"with the dense CRF: batched + torch CRF ({args.device}) {with_torch:.2f} s/batch"
+    if pydensecrf_installed():
+        cores = os.cpu_count() or 1
+        with CRFRunner(CRFParams.defaults(backend="pydensecrf", processes=cores)) as pool:
+            pooled = best_of(lambda: batched(pool), 1)
+        serial = best_of(lambda: batched(CRFRunner(CRFParams.defaults(backend="pydensecrf", processes=1))), 1)
+        slow_crf = slow + (serial - fast)  # the reference calls the same CRF serially
+        line += (f", batched + pydensecrf serial {serial:.2f} s/batch, batched + pydensecrf pool of {cores} "
+                 f"{pooled:.2f} s/batch, reference {slow_crf:.2f} s/batch; ratios: pydensecrf pool / torch "
+                 f"{pooled / with_torch:.2f}x, reference / torch {slow_crf / with_torch:.1f}x")
+    else:
+        line += " (pydensecrf is not installed: no comparison)"
+    print(line)
+    if args.network:
+        net = network_step(args.batch, args.size, dev)
+        print(f"network forward + backward (DeepLabv3+ ResNet-101, fp32, {args.device}): {net:.2f} s/batch; "
+              f"relabel step with the torch CRF / network step: {with_torch / net:.2f}x")
 
 
 if __name__ == "__main__":
