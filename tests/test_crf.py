@@ -86,7 +86,8 @@ def test_parameters_are_validated_with_the_key_named():
 def test_a_checkpoint_crf_node_without_the_new_keys_still_loads():
     old = {k: v for k, v in CRFParams.defaults().__dict__.items() if k not in ("backend", "chunk")}
     params = CRFParams.from_cfg(old)
-    assert params.backend == "auto" and params.chunk == 16
+    assert params.backend == "auto" and params.chunk == "auto"
+    assert params.chunk_for(torch.device("cpu")) == 1 and params.chunk_for(torch.device("cuda")) == 16
 
 
 def test_auto_takes_torch_on_an_accelerator_and_pydensecrf_on_the_cpu_when_installed(monkeypatch):

@@ -127,6 +127,21 @@ def test_batched_relabel_with_the_crf_equals_the_literal_reference(steps):
     assert_same(result.masks, reference_masks(batch, cfg))
 
 
+@pytest.mark.skipif(not pydensecrf_installed(), reason="the reference calls pydensecrf (the [crf] extra)")
+def test_relabel_on_the_torch_crf_equals_the_reference_on_pydensecrf():
+    """The whole relabelling with the PyTorch CRF (batched crops of mixed sizes and class counts)
+    against the literal reference calling pydensecrf."""
+    batch = random_relabel_batch(3, batch=4)
+    cfg = R.RelabelConfig.defaults(uss_patch=8)
+    result = R.relabel(cfg=cfg, crf=CRFRunner(CRFParams.defaults(backend="torch")), **batch)
+    assert sum(int(c.sum()) for c in result.changed.values()) > 0
+    expected = [reference_relabel(batch["masks"][i].numpy(), batch["cams"][i].numpy(), batch["tags"][i].numpy(),
+                                  batch["images"][i].numpy(), batch["boxes"][i].tolist(), batch["uss"][i].numpy(),
+                                  [f[i].numpy() for f in batch["wss_feats"]], batch["num_classes"], 0, cfg, CRF)
+                for i in range(4)]
+    assert_same(result.masks, expected)
+
+
 @pytest.mark.parametrize("switches", list(PARITY), ids=list(PARITY))
 def test_release_parity_switches_match_the_reference(switches):
     batch = random_relabel_batch(1, full_boxes=switches in ("cells_all", "release"))

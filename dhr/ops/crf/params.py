@@ -34,7 +34,7 @@ class CRFParams:
     clip: float
     denorm: str
     backend: str
-    chunk: int
+    chunk: int | str
     processes: int | str | None
 
     def __post_init__(self) -> None:
@@ -53,8 +53,8 @@ class CRFParams:
         if self.backend == "pydensecrf" and not pydensecrf_installed():
             raise DHRError(f"crf.backend=pydensecrf but pydensecrf is not installed: {INSTALL_PYDENSECRF}, "
                            "or use crf.backend=torch (the same CRF in PyTorch)")
-        if not isinstance(self.chunk, int) or self.chunk < 1:
-            raise DHRError(f"crf.chunk={self.chunk!r}: use a whole number >= 1 (crops per batched torch CRF)")
+        if self.chunk != "auto" and (not isinstance(self.chunk, int) or self.chunk < 1):
+            raise DHRError(f"crf.chunk={self.chunk!r}: use auto or a whole number >= 1 (crops per batched torch CRF)")
         processes = None if self.processes in (None, "auto") else self.processes
         if processes is not None and (not isinstance(processes, int) or processes < 1):
             raise DHRError(f"crf.processes={self.processes!r}: use auto or a whole number >= 1")
@@ -69,6 +69,13 @@ class CRFParams:
     def defaults(cls, **overrides: Any) -> CRFParams:
         """``conf/crf/default.yaml`` with ``overrides``: for code that runs outside Hydra."""
         return cls.from_cfg(overrides)
+
+    def chunk_for(self, device: torch.device) -> int:
+        """``auto``: one crop at a time on the CPU (batching there only adds memory traffic: docs/crf.md),
+        16 on an accelerator."""
+        if self.chunk != "auto":
+            return int(self.chunk)
+        return 1 if device.type == "cpu" else 16
 
     def backend_for(self, device: torch.device) -> str:
         """``auto``: torch on an accelerator, pydensecrf on the CPU when it is installed, else torch."""

@@ -2,7 +2,7 @@
 
 :class:`CRFRunner` takes crops of any sizes and label counts. The torch backend groups them by size,
 pads the label counts within a group (padding labels get Q = 0 and change nothing) and runs each
-group in batches of ``crf.chunk`` on the crops' own device; the pydensecrf backend copies them to
+group in batches of ``crf.chunk`` (auto: 16 on an accelerator, 1 on the CPU) on the crops' own device; the pydensecrf backend copies them to
 the CPU and runs them one by one in worker processes. Either way Q comes back as float32 tensors
 on the device the probabilities came from.
 """
@@ -63,9 +63,10 @@ class CRFRunner:
         by_size: dict[tuple[int, int], list[int]] = {}
         for i, p in enumerate(probs):
             by_size.setdefault(tuple(p.shape[1:]), []).append(i)
+        size = self.params.chunk_for(probs[0].device)
         for members in by_size.values():
-            for start in range(0, len(members), self.params.chunk):
-                chunk = members[start:start + self.params.chunk]
+            for start in range(0, len(members), size):
+                chunk = members[start:start + size]
                 counts = [probs[i].shape[0] for i in chunk]
                 width = max(counts)
                 batch = torch.stack([F.pad(probs[i].float(), (0, 0, 0, 0, 0, width - k))
