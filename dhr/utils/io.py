@@ -15,12 +15,25 @@ from PIL import Image
 from dhr.errors import DHRError
 
 
+def current_umask() -> int:
+    """The process umask (reading it means setting it: set it straight back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (readers see the old file or the whole new one)."""
+    """Write ``data`` to ``path`` atomically (readers see the old file or the whole new one).
+
+    The file gets the permissions ``open`` would give it (0666 less the umask), not the 0600 of
+    the temporary file, so colleagues on shared storage can read what a run wrote.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        if hasattr(os, "fchmod"):  # POSIX
+            os.fchmod(fd, 0o666 & ~current_umask())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.replace(tmp, path)

@@ -1,6 +1,7 @@
 """Benchmark: the dense CRF's backends, agreement with pydensecrf and images/s.
 
     python scripts/bench/crf.py [--backend torch pydensecrf] [--device cpu|cuda] [--per-image 4] [--crops 16]
+                                [--chunk auto 1 4 16]
 
 Agreement: real photographs of ../shared/data (VOC val, VOC val_crop513, COCO128), random crops
 of 128-512 px with random CAM-like unaries of 2-21 labels (``dhr/reference/crf_cases.py``); the
@@ -71,7 +72,8 @@ def timed(fn, device: torch.device, repeats: int = 2) -> float:
     return best
 
 
-def speed(paths: list[Path], crops: int, size: int, labels: int, backends: list[str], device: torch.device) -> None:
+def speed(paths: list[Path], crops: int, size: int, labels: int, backends: list[str], device: torch.device,
+          chunks: list[int | str]) -> None:
     rng = np.random.default_rng(0)
     images, probs = [], []
     for i in range(crops):
@@ -91,12 +93,13 @@ def speed(paths: list[Path], crops: int, size: int, labels: int, backends: list[
         with CRFRunner(CRFParams.defaults(backend="pydensecrf", processes=cores)) as pool:
             rates[f"pydensecrf, pool of {cores}"] = crops / timed(lambda: pool(images, probs), torch.device("cpu"), 1)
     if "torch" in backends:
-        runner = CRFRunner(CRFParams.defaults(backend="torch"))  # chunk auto: 16 on a GPU, 1 on the CPU
         on_dev = [im.to(device) for im in images], [p.to(device) for p in probs]
-        runner(*on_dev)  # warm-up
-        seconds = timed(lambda: runner(*on_dev), device)
-        rates[f"torch on {device}, chunk {runner.params.chunk_for(device)}"] = crops / seconds
-        print(f"  torch: {seconds:.3f} s for the {crops} crops")
+        for chunk in chunks:  # auto: 16 on a GPU, 1 on the CPU
+            runner = CRFRunner(CRFParams.defaults(backend="torch", chunk=chunk))
+            runner(*on_dev)  # warm-up
+            seconds = timed(lambda: runner(*on_dev), device)  # noqa: B023 - timed now, in this iteration
+            rates[f"torch on {device}, chunk {runner.params.chunk_for(device)}"] = crops / seconds
+            print(f"  torch, chunk {runner.params.chunk_for(device)}: {seconds:.3f} s for the {crops} crops")
     base = rates.get("pydensecrf, 1 process")
     for name, rate in rates.items():
         ratio = f"   {rate / base:6.2f}x pydensecrf serial" if base else ""
@@ -112,6 +115,7 @@ def main() -> None:
     parser.add_argument("--crops", type=int, default=16)
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--labels", type=int, default=21)
+    parser.add_argument("--chunk", nargs="+", default=["auto"], help="torch backend: crops per call (auto, or numbers)")
     args = parser.parse_args()
     device = torch.device(args.device)
     backends = list(args.backend)
@@ -121,7 +125,8 @@ def main() -> None:
     paths = photographs(args.images)
     if "pydensecrf" in backends and "torch" in backends and args.per_image > 0:
         agreement(paths, args.per_image, device)
-    speed(paths, args.crops, args.size, args.labels, backends, device)
+    chunks = [c if c == "auto" else int(c) for c in args.chunk]
+    speed(paths, args.crops, args.size, args.labels, backends, device, chunks)
 
 
 if __name__ == "__main__":
