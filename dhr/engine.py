@@ -6,6 +6,7 @@ the other. Layer: below the entry points, above modules and callbacks.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +53,52 @@ def check_pretrained(*backbones: Any) -> None:
             pretrained_file(str(node["name"]), node.get("pretrained_tag"))
 
 
-def check_out_dir(out_dir: Path, overwrite: bool) -> None:
-    """Never overwrite earlier results silently."""
-    if out_dir.is_dir() and any(out_dir.glob("*.png")) and not overwrite:
-        raise DHRError(f"{out_dir} already holds predictions; choose another out_dir or pass overwrite=true")
+PREDICT_MANIFEST = ".predict.json"  # in each prediction folder: what wrote it, and whether it finished
+
+
+def claim_out_dirs(out_dirs: dict[str, Path], identity: dict[str, Any], overwrite: bool,
+                   inputs: dict[str, Path]) -> set[str]:
+    """Check prediction folders before a run and mark them as this run's; returns the ids to skip.
+
+    Never into an input folder (``inputs``), whatever ``overwrite`` says. A folder that already holds
+    PNGs is resumed (its missing files completed) when its manifest names the same checkpoint and
+    settings and that run did not finish; it is refused when that run finished, when it holds
+    another run's predictions, or PNGs that dhr.predict did not write. ``overwrite=true`` rewrites all.
+    """
+    from dhr.utils.io import atomic_write_json, refuse_inside
+
+    done: set[str] | None = None
+    for folder in out_dirs.values():
+        refuse_inside(folder, inputs)
+        written = {p.stem for p in folder.glob("*.png")} if folder.is_dir() else set()
+        if written and not overwrite:
+            manifest = folder / PREDICT_MANIFEST
+            before = json.loads(manifest.read_text()) if manifest.is_file() else None
+            fix = "choose another out_dir or pass overwrite=true"
+            if before is None:
+                raise DHRError(f"{folder} already holds {len(written)} PNGs that dhr.predict did not write; {fix}")
+            changed = sorted(k for k in set(before["identity"]) | set(identity)
+                             if before["identity"].get(k) != identity.get(k))
+            if changed:
+                raise DHRError(f"{folder} already holds predictions made with other settings ({', '.join(changed)} "
+                               f"differ); {fix}")
+            if before.get("finished"):
+                raise DHRError(f"{folder} already holds the finished predictions of this checkpoint "
+                               f"({len(written)} PNGs); {fix} to predict again")
+        skip = set() if overwrite else written
+        done = skip if done is None else done & skip
+    for folder in out_dirs.values():
+        atomic_write_json(folder / PREDICT_MANIFEST, {"identity": identity, "finished": False})
+    return done or set()
+
+
+def finish_out_dirs(out_dirs: dict[str, Path]) -> None:
+    """Mark the prediction folders finished: a later run with the same settings is refused, not redone."""
+    from dhr.utils.io import atomic_write_json
+
+    for folder in out_dirs.values():
+        manifest = json.loads((folder / PREDICT_MANIFEST).read_text())
+        atomic_write_json(folder / PREDICT_MANIFEST, {**manifest, "finished": True})
 
 
 def configure_inference(module: Any, infer: DictConfig, crf: DictConfig | None) -> None:

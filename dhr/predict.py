@@ -8,6 +8,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from dhr.errors import DHRError
 from dhr.utils.cli import hydra_entry
 
 log = logging.getLogger(__name__)
@@ -30,13 +31,24 @@ def resolve_out_dir(cfg: DictConfig) -> Path:
     return out
 
 
+def prediction_identity(cfg: DictConfig) -> dict[str, Any]:
+    """What makes two prediction runs the same: a resumed run must match (``claim_out_dirs``)."""
+    ckpt = Path(cfg.ckpt)
+    stat = ckpt.stat() if ckpt.is_file() else None
+    return {"ckpt": str(ckpt.resolve()), "ckpt_bytes": stat.st_size if stat else None,
+            "ckpt_mtime_ns": stat.st_mtime_ns if stat else None, "dataset": str(cfg.dataset.name),
+            "split": str(cfg.split), "infer": OmegaConf.to_container(cfg.infer, resolve=True),
+            "crf": OmegaConf.to_container(cfg.crf, resolve=True)}
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     from hydra.utils import instantiate
 
     from dhr.engine import (
-        check_out_dir,
+        claim_out_dirs,
         configure_inference,
         evaluate_split,
+        finish_out_dirs,
         load_any_module,
         predict_to_folder,
     )
@@ -52,14 +64,22 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("voc_server"):  # each folder holds results/VOC2012/Segmentation/comp5_test_cls/, ready to tar
         out_dirs = {key: folder / VOC_SERVER_DIR for key, folder in out_dirs.items()}
         out_dir = out_dir / VOC_SERVER_DIR
-    for folder in out_dirs.values():
-        check_out_dir(folder, cfg.overwrite)
     datamodule = instantiate(cfg.data, predict_split=cfg.split, val_split=None, validate="quick", with_tags=needs_tags,
                              masks="gt", with_gt=False, uss_dir=None)
     datamodule.prepare_data()
+    datamodule.predict_skip = claim_out_dirs(out_dirs, prediction_identity(cfg), cfg.overwrite,
+                                             datamodule.layout.input_folders())
+    if datamodule.predict_skip:
+        log.info("resuming: %d label maps are already written in %s, predicting the rest",
+                 len(datamodule.predict_skip), out_dir)
     written = predict_to_folder(module, datamodule, cfg.trainer, out_dir, out_dirs, progress=cfg.callbacks.get("progress_bar"))
+    expected = len(datamodule.data_predict)
+    if written < expected:  # Lightning ends a Ctrl-C'd run quietly
+        raise DHRError(f"prediction interrupted after {written} of {expected} images of {out_dir}; run the same "
+                       "command again to complete the missing ones")
+    finish_out_dirs(out_dirs)
     log.info("wrote %d label PNGs to %s", written, ", ".join(str(d) for d in out_dirs.values()))
-    result: dict[str, Any] = {"out_dir": str(out_dir), "written": written}
+    result: dict[str, Any] = {"out_dir": str(out_dir), "written": written, "resumed": len(datamodule.predict_skip)}
     if cfg.evaluate and datamodule.layout.mask_dir(cfg.split).is_dir():
         for key, folder in out_dirs.items():
             tag = f"{Path(cfg.ckpt).stem}{'+CRF' if key == 'label_crf' else ''}"

@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from dhr.errors import DHRError
-from dhr.ops.crf import CRFParams, CRFRunner, denormalize, dense_crf, dense_crf_batch, pydensecrf_installed
+from dhr.ops.crf import (
+    CRFParams,
+    CRFRunner,
+    denormalize,
+    dense_crf,
+    dense_crf_batch,
+    pydensecrf_installed,
+)
 
 PARAMS = CRFParams.defaults()
 BACKENDS = ["torch", pytest.param("pydensecrf", marks=pytest.mark.skipif(

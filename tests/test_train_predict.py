@@ -68,8 +68,10 @@ def test_predict_cli_writes_pngs_and_refuses_to_overwrite(tmp_path, synth_root):
 
     again = evaluate_folder(out_dir, synth_root / "SYNTH" / "train" / "mask", num_classes=9, background_id=0)
     assert result["scores"]["mIoU"] == pytest.approx(again.scores.miou)
-    with pytest.raises(DHRError, match="already holds predictions"):
+    with pytest.raises(DHRError, match="already holds the finished predictions of this checkpoint"):
         predict(compose_cfg("predict", overrides, tmp_path / "p2"))
+    with pytest.raises(DHRError, match=r"other settings \(split differ\)"):
+        predict(compose_cfg("predict", [*overrides[:-2], "split=val", "infer.flip=false"], tmp_path / "p2b"))
     predict(compose_cfg("predict", [*overrides, "overwrite=true"], tmp_path / "p3"))
     crf_out = tmp_path / "crf"  # infer.crf: the CRF-refined maps, and beside them the maps before the CRF
     crf_overrides = predict_overrides(synth_root, ckpt, f"out_dir={crf_out}", "split=train", "infer.flip=false", "infer.crf=true",
@@ -77,6 +79,50 @@ def test_predict_cli_writes_pngs_and_refuses_to_overwrite(tmp_path, synth_root):
     with_crf = predict(compose_cfg("predict", crf_overrides, tmp_path / "p4"))
     assert len(list(crf_out.glob("*.png"))) == len(list((tmp_path / "crf_nocrf").glob("*.png"))) == 24
     assert with_crf["scores_label"]["mIoU"] == pytest.approx(result["scores"]["mIoU"])  # no-CRF maps: as before
+
+
+def test_an_interrupted_prediction_resumes_and_inputs_are_never_written(tmp_path, synth_root, monkeypatch):
+    from dhr.callbacks.prediction_writer import PaletteWriter
+    from dhr.predict import run as predict
+    from dhr.train import run as train
+
+    train(train_cfg(tmp_path, synth_root, "evaluate_after_fit=false"))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    out_dir = tmp_path / "preds"
+    overrides = predict_overrides(synth_root, ckpt, f"out_dir={out_dir}", "split=train", "infer.flip=false")
+    real = PaletteWriter.write_on_batch_end
+
+    def dies_after_ten(self, *args, **kwargs):
+        if self.written >= 10:
+            raise KeyboardInterrupt  # the run is killed after 10 images
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(PaletteWriter, "write_on_batch_end", dies_after_ten)
+    with pytest.raises((SystemExit, DHRError)):  # Lightning turns the Ctrl-C into exit 1 (older ones return)
+        predict(compose_cfg("predict", overrides, tmp_path / "p1"))
+    monkeypatch.setattr(PaletteWriter, "write_on_batch_end", real)
+    first = {p.name: p.stat().st_mtime_ns for p in out_dir.glob("*.png")}
+    assert len(first) == 10
+    resumed = predict(compose_cfg("predict", overrides, tmp_path / "p2"))
+    assert resumed["resumed"] == 10 and resumed["written"] == 14 and len(list(out_dir.glob("*.png"))) == 24
+    assert all((out_dir / name).stat().st_mtime_ns == t for name, t in first.items())  # finished files kept
+    whole = tmp_path / "whole"
+    full = predict(compose_cfg("predict", predict_overrides(synth_root, ckpt, f"out_dir={whole}", "split=train",
+                                                            "infer.flip=false"), tmp_path / "p3"))
+    assert full["scores"]["mIoU"] == pytest.approx(resumed["scores"]["mIoU"])
+    gt = synth_root / "SYNTH" / "train" / "mask"
+    before = sorted((p.name, p.read_bytes()) for p in gt.glob("*.png"))
+    for target in (gt, gt / "sub", synth_root / "SYNTH" / "train" / "image"):  # GT, inside it, the images
+        with pytest.raises(DHRError, match="lies inside .*outputs never go"):
+            predict(compose_cfg("predict", [*predict_overrides(synth_root, ckpt, f"out_dir={target}", "split=train"),
+                                            "overwrite=true"], tmp_path / "p4"))
+    assert sorted((p.name, p.read_bytes()) for p in gt.glob("*.png")) == before
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "x.png").write_bytes((gt / "tr_00000.png").read_bytes())
+    with pytest.raises(DHRError, match="1 PNGs that dhr.predict did not write"):
+        predict(compose_cfg("predict", predict_overrides(synth_root, ckpt, f"out_dir={foreign}", "split=train"),
+                            tmp_path / "p5"))
 
 
 def test_bad_training_mask_fails_before_training(tmp_path, synth_root):

@@ -53,6 +53,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.info = DatasetInfo.from_cfg(self.dataset_cfg)
         self.layout = DatasetLayout(data_root, self.info)
         self.train_split, self.val_split, self.predict_split = train_split, val_split, predict_split
+        self.predict_skip: set[str] = set()  # ids a resumed dhr.predict has already written
         if masks not in ("gt", "none", "seeds"):
             raise DHRError(f"data.masks={masks!r}: use gt (GT masks), none (tags only) or seeds (with wss=...)")
         self.masks, self.seeds_dir = masks, seeds_dir
@@ -122,7 +123,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         if stage in (None, "fit", "validate") and self.val_split and self.data_val is None:
             self.data_val = self._whole_images(self.val_split, with_masks=True)
         if stage == "predict" and self.data_predict is None:
-            self.data_predict = self._whole_images(self.predict_split, with_masks=False, with_tags=self.with_tags)
+            self.data_predict = self._whole_images(self.predict_split, with_masks=False, with_tags=self.with_tags,
+                                                   skip=self.predict_skip)
 
     def _check_uss(self, ids: Sequence[str]) -> int:
         """Every training image has a feature file, of the expected grid; returns the feature dimension."""
@@ -146,9 +148,10 @@ class SegmentationDataModule(pl.LightningDataModule):
         image = read_rgb(self.layout.image_paths(self.train_split)[first])
         return int(load_uss(folder / f"{first}.pt", (image.height, image.width), self.uss_patch).shape[0])
 
-    def _whole_images(self, split: str, *, with_masks: bool, with_tags: bool = False) -> SegmentationDataset:
+    def _whole_images(self, split: str, *, with_masks: bool, with_tags: bool = False,
+                      skip: set[str] | None = None) -> SegmentationDataset:
         mask_dir = self.layout.mask_dir(split) if with_masks else None
-        ids = self._check(split, mask_dir, with_tags)
+        ids = [i for i in self._check(split, mask_dir, with_tags) if not skip or i not in skip]
         tags = self.layout.read_tags(split, ids) if with_tags else None
         return SegmentationDataset(self.layout, split, ids=ids, transform=eval_transform(),
                                    mask_dirs={"mask": mask_dir} if mask_dir else None, tags=tags)

@@ -140,6 +140,18 @@ class DatasetLayout:
     def ids(self, split: str) -> list[str]:
         return list(self.image_paths(split))
 
+    def input_folders(self) -> dict[str, Path]:
+        """Every folder of the tree that runs read (image, mask, xml, feature folders of every split):
+        outputs never go into them (:func:`dhr.utils.io.refuse_inside`)."""
+        folders: dict[str, Path] = {}
+        if not self.root.is_dir():
+            return folders
+        for split_dir in sorted(p for p in self.root.iterdir() if (p / "image").is_dir()):
+            for sub in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+                if sub.name in ("image", "mask", "xml") or next(sub.glob("*.pt"), None) is not None:
+                    folders[f"{self.info.name}/{split_dir.name}/{sub.name}"] = sub
+        return folders
+
     def mask_path(self, split: str, image_id: str) -> Path:
         return self.mask_dir(split) / f"{image_id}.png"
 

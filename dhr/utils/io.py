@@ -43,6 +43,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+def refuse_inside(out_dir: str | os.PathLike, inputs: dict[str, Path], key: str = "out_dir") -> None:
+    """Refuse an output folder that is, or lies inside, one of the ``inputs`` (links resolved),
+    whatever ``overwrite`` says: ground truth, images and features are never written over."""
+    out = Path(out_dir).resolve()
+    for what, folder in inputs.items():
+        inside = folder.resolve()
+        if out == inside or inside in out.parents:
+            raise DHRError(f"{key}={out_dir} lies inside {folder} ({what}), which runs read: outputs never go "
+                           f"into a dataset's image, mask, xml or feature folders; choose another {key}")
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
