@@ -107,7 +107,7 @@ def run(cfg: DictConfig) -> dict[str, int]:
     from dhr.engine import check_pretrained
     from dhr.errors import DHRError
     from dhr.utils.imagenet import normalize_rgb
-    from dhr.utils.io import atomic_write_bytes, atomic_write_json, read_rgb
+    from dhr.utils.io import atomic_write_bytes, atomic_write_json, read_rgb, refuse_inside
 
     check_pretrained(cfg.backbone)
     dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
@@ -115,6 +115,8 @@ def run(cfg: DictConfig) -> dict[str, int]:
     ensure_dataset(cfg.paths.data_root, dataset)
     layout = DatasetLayout(cfg.paths.data_root, info)
     out_dir = Path(cfg.out_dir) if cfg.get("out_dir") else layout.split_dir(cfg.split) / cfg.uss_name
+    refuse_inside(out_dir, {what: folder for what, folder in layout.input_folders().items()
+                            if folder.name in ("image", "mask", "xml")}, "out_dir (or uss_name)")
     backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
     vit, head = load_teacher(cfg.ckpt, backbone)
     device = torch.device(cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))

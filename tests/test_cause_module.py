@@ -142,6 +142,9 @@ def test_features_export_shapes_resume_and_official_format(tmp_path, synth_root)
 
     with pytest.raises(DHRError, match="holds features of another checkpoint"):
         export(compose_cfg("features", [*overrides[:1], f"ckpt={tmp_path / 'other.pt'}", *overrides[2:]], tmp_path / "f3"))
+    for into in ("uss_name=image", "uss_name=mask", f"out_dir={synth_root / 'SYNTH' / 'validation' / 'mask'}"):
+        with pytest.raises(DHRError, match="lies inside .*outputs never go"):  # never into the dataset's own folders
+            export(compose_cfg("features", [*overrides, into], tmp_path / "f4"))
 
 
 class DumpWeights(pl.Callback):
