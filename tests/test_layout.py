@@ -52,6 +52,22 @@ def test_missing_split_lists_the_present_ones(tmp_path):
         layout.validate("val")
 
 
+def test_an_image_id_with_two_files_is_an_error(tmp_path):
+    layout = make_tree(tmp_path)
+    Image.new("RGB", (30, 20)).save(layout.split_dir("train") / "image" / "im1.png")
+    with pytest.raises(DHRError, match=r"image: 1 image ids have two files \(im1.jpg and im1.png\)"):
+        layout.image_paths("train")
+
+
+def test_input_folders_are_every_read_folder_of_every_split(tmp_path):
+    layout = make_tree(tmp_path)
+    (layout.split_dir("train") / "CAUSE").mkdir()
+    (layout.split_dir("train") / "CAUSE" / "im0.pt").write_bytes(b"")
+    (layout.split_dir("train") / "notes").mkdir()  # neither a known folder nor features: not an input
+    assert sorted(layout.input_folders()) == ["VOC2012/train_aug/CAUSE", "VOC2012/train_aug/image",
+                                              "VOC2012/train_aug/mask", "VOC2012/train_aug/xml"]
+
+
 def test_image_without_mask(tmp_path):
     layout = make_tree(tmp_path)
     (layout.mask_dir("train") / "im1.png").unlink()
@@ -127,3 +143,29 @@ def test_shared_ade_sample_validates_without_background(tmp_path):
     tmp_copy = tmp_path / "ade20k_sample"
     shutil.copytree(SHARED_DATA / "ade20k_sample", tmp_copy)
     assert DatasetLayout(tmp_path, info).read_tags("val")["ADE_val_00000002"][0] == 0  # wall
+
+
+def test_untagged_training_images_are_left_out_with_a_log_line(tmp_path, synth_root, caplog):
+    import logging
+
+    from conftest import compose_cfg, tiny_train_overrides
+    from hydra.utils import instantiate
+
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    xml = root / "SYNTH" / "train" / "xml"
+    tagged = [i for i, t in DatasetLayout(root, DatasetInfo.from_cfg(compose_cfg("train", tiny_train_overrides(root),
+                                                                                tmp_path / "r0").dataset)
+                                          ).read_tags("train").items() if t]
+    emptied = tagged[:2]
+    for name in emptied:
+        write_xml(xml / f"{name}.xml", filename=f"{name}.jpg", size=(64, 64), objects=[])
+    overrides = [o for o in tiny_train_overrides(root) if not o.startswith("model.")]
+    cfg = compose_cfg("train", [*overrides, "model=cam"], tmp_path / "run")
+    datamodule = instantiate(cfg.data)
+    datamodule.prepare_data()
+    with caplog.at_level(logging.WARNING, logger="dhr.data.datamodule"):
+        datamodule.setup("fit")
+    assert len(datamodule.data_train) == len(tagged) - 2
+    assert f"{24 - len(tagged) + 2} of 24 training images have no tag and are left out" in caplog.text
+    assert all(name not in datamodule.data_train.ids for name in emptied)

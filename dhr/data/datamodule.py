@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -18,6 +19,7 @@ from dhr.data.sources import ensure_dataset
 from dhr.data.transforms import eval_transform, train_transform
 from dhr.errors import DHRError
 
+log = logging.getLogger(__name__)
 
 class SegmentationDataModule(pl.LightningDataModule):
     """Training crops with GT (``masks="gt"``) or pseudo masks from a folder; whole images for val/predict.
@@ -106,7 +108,12 @@ class SegmentationDataModule(pl.LightningDataModule):
             ids = self._check(self.train_split, mask_dir, self.with_tags)
             tags = self.layout.read_tags(self.train_split, ids) if self.with_tags else None
             if self.with_tags and tags is not None:
+                untagged = [i for i in ids if not tags[i]]
                 ids = [i for i in ids if tags[i]]  # images without any tag cannot teach a classifier
+                if untagged:
+                    log.warning("%s: %d of %d training images have no tag and are left out (first: %s)",
+                                self.layout.split_dir(self.train_split), len(untagged), len(untagged) + len(ids),
+                                ", ".join(untagged[:3]))
                 if not ids:
                     raise DHRError(f"{self.layout.split_dir(self.train_split)}: no training image has a tag")
             mask_dirs = {"mask": mask_dir} if mask_dir else {}

@@ -132,7 +132,16 @@ class DatasetLayout:
     def image_paths(self, split: str) -> dict[str, Path]:
         """Image path of every id of a split, sorted by id."""
         image_dir = self._require_split(split) / "image"
-        paths = {p.stem: p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_EXTS}
+        paths: dict[str, Path] = {}
+        twins: list[str] = []
+        for p in sorted(image_dir.iterdir()):
+            if p.suffix.lower() in IMAGE_EXTS:
+                if p.stem in paths:
+                    twins.append(f"{paths[p.stem].name} and {p.name}")
+                paths[p.stem] = p
+        if twins:
+            raise DHRError(f"{image_dir}: {len(twins)} image ids have two files ({'; '.join(twins[:5])}); "
+                           "keep one file per id (the mask and the predictions are named by the id alone)")
         if not paths:
             raise DHRError(f"{image_dir}: no images ({', '.join(IMAGE_EXTS)}) in the split folder")
         return dict(sorted(paths.items()))
