@@ -35,12 +35,32 @@ def resolve_ckpt(ckpt_path: str | None, output_dir: Path) -> str | None:
     return ckpt_path
 
 
+WHOLE_NUMBERS = ("max_epochs", "min_epochs", "max_steps", "check_val_every_n_epoch", "log_every_n_steps",
+                 "accumulate_grad_batches", "num_sanity_val_steps")
+BATCH_LIMITS = ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches")
+
+
+def check_trainer_values(trainer: DictConfig) -> None:
+    """Numbers the trainer reads, checked before data and model are built (``trainer.max_epochs=abc``)."""
+    from dhr.errors import DHRError
+
+    for key in WHOLE_NUMBERS:
+        value = trainer.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise DHRError(f"trainer.{key}={value!r}: use a whole number (recipe.max_epochs sets max_epochs)")
+    for key in BATCH_LIMITS:
+        value = trainer.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+            raise DHRError(f"trainer.{key}={value!r}: use a batch count (int) or a fraction of the batches (float)")
+
+
 def check_launch(cfg: DictConfig) -> None:
     """Refuse combinations that cannot work, before anything heavy starts."""
     from hydra.core.hydra_config import HydraConfig
 
     from dhr.errors import DHRError
 
+    check_trainer_values(cfg.trainer)
     strategy = str(cfg.trainer.get("strategy", "auto"))
     if not HydraConfig.initialized() or not strategy.startswith("ddp") or strategy.startswith("ddp_spawn"):
         return
@@ -61,7 +81,7 @@ def fit_stages(cfg: DictConfig, model: Any, datamodule: Any, loggers: list[Any],
     from hydra.utils import instantiate
     from pytorch_lightning.callbacks import ModelCheckpoint
 
-    from dhr.utils.checkpoint import model_weights, read_checkpoint
+    from dhr.utils.checkpoint import check_resumable, model_weights, read_checkpoint
     from dhr.utils.instantiate import instantiate_group
 
     stages = list(cfg.get("stages") or [None])
@@ -85,6 +105,8 @@ def fit_stages(cfg: DictConfig, model: Any, datamodule: Any, loggers: list[Any],
                 continue
             ckpt = str(stage_dir / "last.ckpt") if resume and (stage_dir / "last.ckpt").is_file() else None
             log.info("fitting stage %s for %d epoch(s)", stage, overrides["max_epochs"])
+        if ckpt is not None:
+            check_resumable(ckpt, model, "ckpt_path")
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt)
         if stage is not None and trainer.is_global_zero and not trainer.fast_dev_run:

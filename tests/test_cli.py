@@ -34,6 +34,29 @@ def test_bad_input_exits_2_with_one_line_error(tmp_path):
     assert "error:" in res.stderr and "split folder not found" in res.stderr and "Traceback" not in res.stderr
 
 
+@pytest.mark.parametrize(("entry", "args", "message"), [
+    ("dhr.train", ["ckpt_path={garbage}"], "not a readable checkpoint (the file is truncated or not a PyTorch file)"),
+    ("dhr.train", ["ckpt_path={plain}"], "not a checkpoint written by dhr.train"),
+    ("dhr.train", ["trainer.max_epochs=abc"], "trainer.max_epochs='abc': use a whole number"),
+    ("dhr.train", ["debug=fdr", "recipe.max_epochs=abc"], "trainer.max_epochs='abc': use a whole number"),
+    ("dhr.train", ["trainer.limit_val_batches=lots"], "trainer.limit_val_batches='lots'"),
+    ("dhr.predict", [], "ckpt is required: add ckpt=... to the command"),
+], ids=["corrupt-ckpt", "state-dict-not-ckpt", "max-epochs", "max-epochs-fdr", "limit-batches", "predict-no-ckpt"])
+def test_config_and_checkpoint_mistakes_exit_2_naming_the_key_or_file(tmp_path, synth_root, entry, args, message):
+    import torch
+
+    (tmp_path / "garbage.ckpt").write_text("not a checkpoint\n")
+    torch.save({"net.weight": torch.zeros(2)}, tmp_path / "plain.pt")
+    args = [a.format(garbage=tmp_path / "garbage.ckpt", plain=tmp_path / "plain.pt") for a in args]
+    overrides = [o for o in tiny_train_overrides(synth_root) if not o.startswith("~callbacks")] if entry == "dhr.train" \
+        else [f"paths.data_root={synth_root}"]
+    res = subprocess.run([sys.executable, "-m", entry, *overrides, *args, f"hydra.run.dir={tmp_path / 'run'}"],
+                         capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert message in res.stderr and "Traceback" not in res.stderr
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any training step
+
+
 def test_ddp_cpu_two_processes_train_and_checkpoint(tmp_path, synth_root):
     overrides = [o for o in tiny_train_overrides(synth_root) if not o.startswith("~callbacks")]
     res = subprocess.run(

@@ -52,6 +52,10 @@ def test_resume_from_last_continues_the_step_count(tmp_path, synth_root):
     run(train_cfg(tmp_path, synth_root, "evaluate_after_fit=false", "ckpt_path=last", "recipe.max_epochs=2"))
     after = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert before["global_step"] == 3 and after["global_step"] == 6  # 3 more steps, not 6 from scratch
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    with pytest.raises(DHRError, match=r"another model or dataset \(\d+ tensors differ in shape, e.g. net\..*in the file"):
+        run(train_cfg(tmp_path, synth_root, f"ckpt_path={ckpt}", "model.aspp_channels=8", "recipe.max_epochs=3"))
+    assert torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"] == 6  # refused before training
 
 
 def test_predict_cli_writes_pngs_and_refuses_to_overwrite(tmp_path, synth_root):

@@ -39,14 +39,40 @@ def read_checkpoint(path: str | Path, key: str = "ckpt") -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except _READ_ERRORS as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        if "weights_only" in str(err) or "Unsupported global" in str(err):
+        text = str(err)
+        first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
+        if "Unsupported global" in text:
             first = "it stores Python objects, not tensors"
+        elif "weights_only" in text or "PytorchStreamReader" in text or isinstance(err, EOFError):
+            first = "the file is truncated or not a PyTorch file"
         raise DHRError(f"{key}={path}: not a readable checkpoint ({first}); pass a file written by dhr.train "
                        "or a plain state dict") from None
     if not isinstance(state, Mapping):
         raise DHRError(f"{key}={path}: holds a {type(state).__name__}, not a checkpoint dict")
     return dict(state)
+
+
+def check_resumable(path: str | Path, module: Any, key: str = "ckpt_path") -> None:
+    """Refuse, before training starts, a file Lightning cannot resume this module from: not a
+    Lightning checkpoint, or weights of another model or class count (the tensor is named)."""
+    state = read_checkpoint(path, key)
+    if "state_dict" not in state or "pytorch-lightning_version" not in state:
+        raise DHRError(f"{key}={path}: not a checkpoint written by dhr.train (no state_dict / Lightning version); "
+                       "resume from <run>/checkpoints/last.ckpt, or start from weights with backbone.weights=PATH")
+    ours = module.state_dict()
+    theirs = state["state_dict"]
+    missing = sorted(set(ours) - set(theirs))
+    unexpected = sorted(set(theirs) - set(ours))
+    mismatched = [(k, tuple(theirs[k].shape), tuple(ours[k].shape)) for k in sorted(set(ours) & set(theirs))
+                  if hasattr(theirs[k], "shape") and tuple(theirs[k].shape) != tuple(ours[k].shape)]
+    if missing or unexpected or mismatched:
+        if mismatched:
+            name, got, want = mismatched[0]
+            what = f"{len(mismatched)} tensors differ in shape, e.g. {name}: {got} in the file, {want} in this model"
+        else:
+            what = f"{len(missing)} tensors missing, {len(unexpected)} unexpected (e.g. {(missing or unexpected)[0]})"
+        raise DHRError(f"{key}={path}: this checkpoint is of another model or dataset ({what}); resume it with the "
+                       "config it was trained with (its run's .hydra/config.yaml)")
 
 
 def model_weights(state: Mapping[str, Any], path: str | Path, prefer_ema: bool = True) -> dict[str, Any]:

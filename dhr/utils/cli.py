@@ -10,8 +10,10 @@ T = TypeVar("T")
 
 
 def run_or_exit(fn: Callable[[Any], T], cfg: Any) -> T:
-    """Call ``fn(cfg)``; a :class:`~dhr.errors.DHRError` prints ``error: ...`` and exits 2 (no traceback)."""
+    """Call ``fn(cfg)``; a :class:`~dhr.errors.DHRError` or a required key left unset prints
+    ``error: ...`` and exits 2 (no traceback)."""
     from hydra.errors import InstantiationException
+    from omegaconf.errors import MissingMandatoryValue
 
     from dhr.errors import DHRError
 
@@ -19,6 +21,9 @@ def run_or_exit(fn: Callable[[Any], T], cfg: Any) -> T:
         return fn(cfg)
     except DHRError as err:
         print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except MissingMandatoryValue as err:  # a ??? key the command did not set
+        print(f"error: {err.full_key} is required: add {err.full_key}=... to the command", file=sys.stderr)
         sys.exit(2)
     except InstantiationException as err:  # a config value refused by a constructor: the same user error
         if isinstance(err.__cause__, DHRError):
