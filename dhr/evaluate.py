@@ -46,7 +46,7 @@ def untagged_ids(gt_dir: Path, ids: list[str]) -> set[str]:
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate and report; returns the JSON-able result (exit status is the caller's job)."""
     from dhr.data.layout import DatasetInfo
-    from dhr.ops.evaluation import evaluate_folder
+    from dhr.ops.evaluation import evaluate_folder, folder_mix_ups
     from dhr.ops.report import report_result
     from dhr.utils.io import atomic_write_json
 
@@ -66,6 +66,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if cfg.skip_untagged and ids:
         dropped = untagged_ids(gt_dir, ids)
         ids = [i for i in ids if i not in dropped]
+    if ids and pred_dir.is_dir():
+        for warning in folder_mix_ups(pred_dir, gt_dir, ids, info.ignore_index):
+            log.warning(warning)
     result = evaluate_folder(
         pred_dir, gt_dir, num_classes=info.num_classes, ignore_index=info.ignore_index,
         background_id=info.background_id, skip_background_only=skip_bg, ids=ids, workers=cfg.workers,

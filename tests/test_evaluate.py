@@ -36,6 +36,36 @@ def test_gt_scored_against_itself_is_perfect(tmp_path, capsys):
 
 
 @pytest.mark.skipif(not VOC_VAL.is_dir(), reason="shared VOC sample not present")
+def test_gt_as_predictions_and_swapped_folders_are_warned_about(tmp_path, caplog):
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="dhr.evaluate"):
+        run(eval_cfg(tmp_path, f"pred={VOC_VAL / 'mask'}", f"gt={VOC_VAL / 'mask'}", "dataset=voc"))
+    assert "equal the GT" in caplog.text and "is pred= the GT folder?" in caplog.text
+    preds = tmp_path / "pred"  # a real-looking prediction: the GT with its 255 boundaries filled by background
+    preds.mkdir()
+    for path in sorted((VOC_VAL / "mask").glob("*.png")):
+        label = read_label_png(path).copy()
+        label[label == 255] = 0
+        save_label_png(preds / path.name, label, make_palette("voc", 21))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="dhr.evaluate"):
+        run(eval_cfg(tmp_path, f"pred={preds}", f"gt={VOC_VAL / 'mask'}", "dataset=voc"))
+    assert "swapped" not in caplog.text and "equal the GT" not in caplog.text  # the right way round: quiet
+    with caplog.at_level(logging.WARNING, logger="dhr.evaluate"):
+        run(eval_cfg(tmp_path, f"pred={VOC_VAL / 'mask'}", f"gt={preds}", "dataset=voc", "fix=true"))
+    assert "pred= and gt= look swapped" in caplog.text
+
+
+def test_masks_with_more_classes_than_the_dataset_name_the_fix(tmp_path):
+    gt = _write_set(tmp_path / "gt", {"a": np.full((4, 4), 7, np.uint8)}, c=9)
+    pred = _write_set(tmp_path / "pred", {"a": np.zeros((4, 4), np.uint8)}, c=9)
+    with pytest.raises(DHRError, match=r"a.png: GT holds value\(s\) \[.*7\] .*is dataset= the dataset these masks belong to"):
+        run(eval_cfg(tmp_path, f"pred={pred}", f"gt={gt}", "dataset=synthetic", "dataset.num_classes=3",
+                     "dataset.classes=[background,a,b]", "fix=true"))
+
+
+@pytest.mark.skipif(not VOC_VAL.is_dir(), reason="shared VOC sample not present")
 def test_damaged_predictions_lower_the_score_by_the_exact_amount(tmp_path):
     pred_dir = tmp_path / "pred"
     palette = make_palette("voc", 21)

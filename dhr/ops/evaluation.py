@@ -75,7 +75,7 @@ def _score_chunk(job: _Job, ids: Sequence[str]) -> EvalResult:
         try:
             counts = confusion(gt, pred, c, job.ignore_index)
         except ValueError as err:
-            raise DHRError(f"{gt_path}: {err}") from None
+            raise DHRError(f"{gt_path}: {err}; is dataset= the dataset these masks belong to ({c} classes)?") from None
         if skipped(counts.sum(axis=1) > 0):
             result.skipped.append(image_id)
             continue
@@ -84,6 +84,34 @@ def _score_chunk(job: _Job, ids: Sequence[str]) -> EvalResult:
         result.out_of_range_pixels += int(counts[:, c + 1].sum())
         result.evaluated += 1
     return result
+
+
+def folder_mix_ups(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, ids: Sequence[str], ignore_index: int,
+                   sample: int = 32) -> list[str]:
+    """Warnings when the prediction folder looks like ground truth (or the two are swapped), from a
+    sample of image pairs: identical maps, or the ignore value in predictions but not in the GT."""
+    step = max(1, len(ids) // sample)
+    same = pairs = pred_ignore = gt_ignore = pixels = 0
+    for image_id in list(ids)[::step][:sample]:
+        pred_path = os.path.join(pred_dir, image_id + ".png")
+        if not os.path.exists(pred_path):
+            continue
+        pred, gt = read_label_png(pred_path), read_label_png(os.path.join(gt_dir, image_id + ".png"))
+        if pred.shape != gt.shape:
+            continue
+        pairs += 1
+        same += bool(np.array_equal(pred, gt))
+        pred_ignore += int((pred == ignore_index).sum())
+        gt_ignore += int((gt == ignore_index).sum())
+        pixels += pred.size
+    warnings = []
+    if pairs and same == pairs:
+        warnings.append(f"the predictions in {pred_dir} equal the GT in {gt_dir} on all {pairs} sampled images: "
+                        "is pred= the GT folder? (the scores below are GT against itself)")
+    elif pixels and pred_ignore > 0.001 * pixels and gt_ignore == 0:
+        warnings.append(f"{100 * pred_ignore / pixels:.1f} % of the sampled prediction pixels are {ignore_index} "
+                        f"(ignore) but the GT has none: pred= and gt= look swapped (FPR and FNR exchange)")
+    return warnings
 
 
 def _score_chunk_star(args: tuple[_Job, Sequence[str]]) -> EvalResult:

@@ -35,7 +35,7 @@ def confusion(gt: np.ndarray, pred: np.ndarray, num_classes: int, ignore_index: 
         joint = np.bincount(g * 256 + p, minlength=65536).reshape(256, 256)
     bad_rows = [r for r in np.flatnonzero(joint[c:].any(axis=1)) + c if r != ignore_index]
     if bad_rows:
-        raise ValueError(f"GT holds value(s) {bad_rows[:5]} that are neither class ids < {c} nor {ignore_index}")
+        raise ValueError(f"GT holds value(s) {[int(v) for v in bad_rows[:5]]} that are neither class ids < {c} nor {ignore_index}")
     rows = joint[:c]
     conf = np.zeros((c, c + 2), dtype=np.int64)
     conf[:, :c] = rows[:, :c]
