@@ -7,6 +7,10 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
+if "DHR_CACHE_DIR" not in os.environ:  # the data-check markers of this test session, not the user's
+    import tempfile
+
+    os.environ["DHR_CACHE_DIR"] = tempfile.mkdtemp(prefix="dhr-test-cache-")
 
 import pytest  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402

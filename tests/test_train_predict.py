@@ -142,8 +142,10 @@ def test_bad_training_mask_fails_before_training(tmp_path, synth_root):
     bad[0, 0] = 77
     save_label_png(masks / "tr_00003.png", bad, make_palette("voc", 9))
     (masks / "tr_00005.png").unlink()
-    with pytest.raises(DHRError, match=r"(?s)2 problem.*tr_00003.png: values \[77\].*tr_00005.png: missing mask"):
+    with pytest.raises(DHRError, match=r"2 problem\(s\) .* found before training") as err:
         run(train_cfg(tmp_path, synth_root, "data.masks=seeds", f"data.seeds_dir={masks}"))
+    assert "tr_00003.png: values [77] are not class ids" in str(err.value)
+    assert "no seed for image tr_00005.jpg" in str(err.value)
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 

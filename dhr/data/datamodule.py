@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from dhr.data.datasets import SegmentationDataset, pad_collate
-from dhr.data.layout import DatasetInfo, DatasetLayout
+from dhr.data.layout import MAX_LISTED_PROBLEMS, DatasetInfo, DatasetLayout
 from dhr.data.sources import ensure_dataset
 from dhr.data.transforms import eval_transform, train_transform
 from dhr.errors import DHRError
@@ -45,6 +45,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         flip: float,
         jitter: Sequence[float] | None,
         validate: str,
+        on_error: str,
         with_tags: bool,
         with_gt: bool,
         uss_dir: str | None,
@@ -65,6 +66,10 @@ class SegmentationDataModule(pl.LightningDataModule):
         if validate not in ("full", "quick", "off"):
             raise DHRError(f"data.validate={validate!r}: use full, quick or off")
         self.validate = validate
+        if on_error not in ("fail", "skip"):
+            raise DHRError(f"data.on_error={on_error!r}: use fail (stop on a bad file) or skip (leave it out, logged)")
+        self.on_error = on_error
+        self._bad_ids: dict[str, set[str]] = {}  # split -> ids the full check found broken
         self.with_tags = with_tags
         self.with_gt = with_gt
         self.uss_dir = Path(uss_dir) if uss_dir else None
@@ -96,8 +101,48 @@ class SegmentationDataModule(pl.LightningDataModule):
     def _check(self, split: str, mask_dir: Path | None, tags: bool) -> list[str]:
         if self.validate == "off":
             return self.layout.ids(split)
-        return self.layout.validate(split, masks=mask_dir is not None, tags=tags, mask_dir=mask_dir,
-                                    values=self.validate == "full")
+        if self.validate == "quick":
+            return self.layout.validate(split, masks=mask_dir is not None, tags=tags, mask_dir=mask_dir, values=False)
+        if split not in self._bad_ids:
+            seeds = mask_dir if mask_dir is not None and mask_dir != self.layout.mask_dir(split) else None
+            self.full_check({split: (seeds, None)})
+        return [i for i in self.layout.ids(split) if i not in self._bad_ids[split]]
+
+    def full_check(self, splits: Mapping[str, tuple[Path | None, Path | None]]) -> None:
+        """Decode every image, mask, tag, seed and feature file of ``splits`` (split -> (seed folder,
+        feature folder)) as ``dhr.doctor`` does, and report every problem of every split in one error
+        (``data.on_error=fail``) or leave the broken images out with a warning (``skip``). A split whose
+        files have not changed since a clean check is not decoded again (``dhr/data/check_cache.py``)."""
+        from dhr.data.check_cache import already_passed, fingerprint, remember_passed
+        from dhr.data.doctor import check_split
+
+        problems: list[str] = []
+        for split, (seeds, uss) in splits.items():
+            folder = self.layout.split_dir(split)
+            if not (folder / "image").is_dir():
+                self.layout.image_paths(split)  # raises the split-not-found error with the splits present
+            key = fingerprint([folder / "image", folder / "mask", folder / "xml", folder / "cls_labels.json", seeds, uss],
+                              {"classes": self.info.classes, "ignore": self.info.ignore_index, "patch": self.uss_patch})
+            if already_passed(key):
+                self._bad_ids[split] = set()
+                continue
+            report = check_split(self.layout, folder.name, seeds_dir=seeds, uss_dir=uss, uss_patch=self.uss_patch or 14)
+            for warning in report.warnings:
+                log.warning(warning)
+            if not report.errors:
+                remember_passed(key)
+            self._bad_ids[split] = set(report.bad_ids)
+            problems += report.errors
+        if not problems:
+            return
+        listed = "\n  ".join(problems[:MAX_LISTED_PROBLEMS])
+        more = f"\n  ... and {len(problems) - MAX_LISTED_PROBLEMS} more" if len(problems) > MAX_LISTED_PROBLEMS else ""
+        bad = sum(len(v) for v in self._bad_ids.values())
+        if self.on_error == "fail":
+            raise DHRError(f"{len(problems)} problem(s) in {self.layout.root} ({', '.join(splits)}), found before "
+                           f"training:\n  {listed}{more}\nfix or remove these files (python -m dhr.doctor lists "
+                           "everything), or pass data.on_error=skip to train without them")
+        log.warning("data.on_error=skip: leaving out %d image(s) with problems:\n  %s%s", bad, listed, more)
 
     def setup(self, stage: str | None = None) -> None:
         if stage in (None, "fit") and self.data_train is None:
@@ -105,6 +150,12 @@ class SegmentationDataModule(pl.LightningDataModule):
             if self.batch_size % world:
                 raise DHRError(f"batch_size={self.batch_size} is not divisible by the {world} training processes")
             mask_dir = self.train_mask_dir()
+            if self.validate == "full":  # every problem of train and val in one list, before any step
+                seeds = mask_dir if mask_dir is not None and mask_dir != self.layout.mask_dir(self.train_split) else None
+                wanted = {self.train_split: (seeds, self.uss_dir)}
+                if self.val_split and self.val_split not in self._bad_ids:
+                    wanted[self.val_split] = (None, None)
+                self.full_check({k: v for k, v in wanted.items() if k not in self._bad_ids})
             ids = self._check(self.train_split, mask_dir, self.with_tags)
             tags = self.layout.read_tags(self.train_split, ids) if self.with_tags else None
             if self.with_tags and tags is not None:
@@ -123,7 +174,7 @@ class SegmentationDataModule(pl.LightningDataModule):
             uss_dim = self._check_uss(ids) if self.uss_dir is not None else None
             self.data_train = SegmentationDataset(
                 self.layout, self.train_split, ids=ids, mask_dirs=mask_dirs or None, tags=tags,
-                uss_dir=self.uss_dir, uss_patch=self.uss_patch, uss_dim=uss_dim,
+                uss_dir=self.uss_dir, uss_patch=self.uss_patch, uss_dim=uss_dim, on_error=self.on_error,
                 transform=train_transform(crop_size=self.crop_size, resize_long=self.resize_long, flip=self.flip,
                                           jitter=self.jitter, ignore_index=self.info.ignore_index),
             )
@@ -161,7 +212,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         ids = [i for i in self._check(split, mask_dir, with_tags) if not skip or i not in skip]
         tags = self.layout.read_tags(split, ids) if with_tags else None
         return SegmentationDataset(self.layout, split, ids=ids, transform=eval_transform(),
-                                   mask_dirs={"mask": mask_dir} if mask_dir else None, tags=tags)
+                                   mask_dirs={"mask": mask_dir} if mask_dir else None, tags=tags, on_error=self.on_error)
 
     # -- loaders --------------------------------------------------------------------------------
     def _per_device(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from dhr.data.layout import DatasetLayout
 from dhr.data.transforms import Compose, Geometry
 from dhr.errors import DHRError
 from dhr.utils.io import read_rgb
+
+log = logging.getLogger(__name__)
 
 
 def open_label(path: Path) -> Image.Image:
@@ -49,8 +52,10 @@ class SegmentationDataset(Dataset):
         uss_dir: Path | None = None,
         uss_patch: int = 14,
         uss_dim: int | None = None,
+        on_error: str = "fail",
     ) -> None:
         self.layout = layout
+        self.on_error = on_error  # skip: a file that fails to load is logged and the next item served
         self.split = split
         self.image_paths = layout.image_paths(split)
         self.ids = list(ids) if ids is not None else list(self.image_paths)
@@ -63,6 +68,17 @@ class SegmentationDataset(Dataset):
         return len(self.ids)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        """The item; with ``on_error=skip`` a broken file is logged and the next good item served instead."""
+        for step in range(len(self.ids)):
+            try:
+                return self._item((index + step) % len(self.ids))
+            except DHRError as err:
+                if self.on_error != "skip":
+                    raise
+                log.warning("data.on_error=skip: %s", err)
+        raise DHRError(f"{self.layout.split_dir(self.split)}: no item of this split could be read")
+
+    def _item(self, index: int) -> dict[str, Any]:
         image_id = self.ids[index]
         image = read_rgb(self.image_paths[image_id])
         masks = {}

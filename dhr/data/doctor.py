@@ -39,6 +39,7 @@ class SplitReport:
     features: int = 0
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    bad_ids: set[str] = field(default_factory=set)                # images with at least one error
     mask_images: dict[str, int] = field(default_factory=dict)   # class -> images whose mask holds it
     mask_pixels: dict[str, float] = field(default_factory=dict)  # class -> share of labelled pixels
     tag_images: dict[str, int] = field(default_factory=dict)    # class -> images tagged with it
@@ -65,10 +66,14 @@ def _stems(folder: Path, suffixes: tuple[str, ...]) -> dict[str, list[Path]]:
 
 def check_split(layout: DatasetLayout, split: str, *, seeds_dir: Path | None = None, uss_name: str | None = None,
                 uss_patch: int = 14, uss_dim: int | None = None, workers: int | None = None,
-                progress: bool = True) -> SplitReport:
-    """Decode every file of one split folder and collect counts, frequencies and problems."""
+                progress: bool = True, uss_dir: Path | None = None) -> SplitReport:
+    """Decode every file of one split folder and collect counts, frequencies and problems.
+
+    ``split`` is the folder name; features are read from ``uss_dir`` if given, else ``{split}/{uss_name}``.
+    """
     info = layout.info
     d = layout.root / split
+    feature_dir = uss_dir if uss_dir is not None else (d / uss_name if uss_name else None)
     rep = SplitReport(split)
     images = _stems(d / "image", IMAGE_EXTS)
     if not images:
@@ -77,16 +82,17 @@ def check_split(layout: DatasetLayout, split: str, *, seeds_dir: Path | None = N
         return rep
     for stem, paths in sorted(images.items()):
         if len(paths) > 1:
+            rep.bad_ids.add(stem)
             rep.errors.append(f"{d / 'image'}: id {stem!r} has {len(paths)} files ({', '.join(sorted(p.name for p in paths))}); keep one")
     rep.images = len(images)
     masks = _stems(d / "mask", (".png",))
     xmls = _stems(d / "xml", (".xml",))
     seeds = _stems(seeds_dir, (".png",)) if seeds_dir is not None else {}
-    feats = _stems(d / uss_name, (".pt",)) if uss_name else {}
+    feats = _stems(feature_dir, (".pt",)) if feature_dir is not None else {}
     if seeds_dir is not None and not seeds_dir.is_dir():
         rep.errors.append(f"{seeds_dir}: seed folder not found (wss.path)")
     for kind, table, folder in (("mask", masks, d / "mask"), ("xml", xmls, d / "xml"), ("seed", seeds, seeds_dir),
-                                ("feature", feats, d / uss_name if uss_name else None)):
+                                ("feature", feats, feature_dir)):
         orphans = sorted(set(table) - set(images))
         if orphans:
             rep.warnings.append(f"{folder}: {len(orphans)} {kind} file(s) without an image, e.g. {orphans[:5]}")
@@ -145,14 +151,16 @@ def check_split(layout: DatasetLayout, split: str, *, seeds_dir: Path | None = N
             tags = json_tags.get(stem)
             if tags is None:
                 errors.append(f"{d / 'cls_labels.json'}: no tags for image {image.name}")
-        if uss_name:
-            errors += _check_feature(feats.get(stem), d / uss_name, image.name, (height, width), uss_patch, uss_dim)
+        if feature_dir is not None:
+            errors += _check_feature(feats.get(stem), feature_dir, image.name, (height, width), uss_patch, uss_dim)
         return errors, present, counts, tags
 
     bar = Progress(len(images), f"doctor {info.name}/{split}") if progress else None
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
-        for errors, present, counts, tags in pool.map(check, list(images)):
+        for stem, (errors, present, counts, tags) in zip(images, pool.map(check, list(images)), strict=True):
             rep.errors += errors
+            if errors:
+                rep.bad_ids.add(stem)
             class_images.update(present)
             if counts is not None:
                 rep.masks += 1

@@ -35,7 +35,9 @@ def load_uss(path: Path, orig_hw: tuple[int, int], patch: int, dim: int | None =
         raise DHRError(f"{path}: USS feature file not found; export it with "
                        "`python -m dhr.features ckpt=<CAUSE ckpt> split=<split>`") from None
     except Exception as err:  # noqa: BLE001 - any unreadable file is the same user error
-        raise DHRError(f"{path}: cannot read the USS features ({str(err).splitlines()[0]}); delete it and re-export "
+        from dhr.utils.checkpoint import load_problem
+
+        raise DHRError(f"{path}: cannot read the USS features ({load_problem(err)}); delete it and re-export "
                        "with `python -m dhr.features`") from None
     if not isinstance(feat, torch.Tensor) or feat.ndim != 3:
         raise DHRError(f"{path}: expected a (D, h, w) tensor, found {getattr(feat, 'shape', type(feat))}")

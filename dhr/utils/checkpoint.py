@@ -29,6 +29,16 @@ def module_tag(module: object) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+def load_problem(err: BaseException) -> str:
+    """What a failed ``torch.load(weights_only=True)`` means, in a few words (not PyTorch's advice)."""
+    text = str(err)
+    if "Unsupported global" in text:
+        return "it stores Python objects, not tensors"
+    if "weights_only" in text or "PytorchStreamReader" in text or isinstance(err, EOFError):
+        return "the file is truncated or not a PyTorch file"
+    return text.strip().splitlines()[0] if text.strip() else type(err).__name__
+
+
 def read_checkpoint(path: str | Path, key: str = "ckpt") -> dict[str, Any]:
     """The dict stored in ``path`` (on the CPU); ``key`` is the config key that named the file."""
     import torch
@@ -39,14 +49,8 @@ def read_checkpoint(path: str | Path, key: str = "ckpt") -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except _READ_ERRORS as err:
-        text = str(err)
-        first = text.strip().splitlines()[0] if text.strip() else type(err).__name__
-        if "Unsupported global" in text:
-            first = "it stores Python objects, not tensors"
-        elif "weights_only" in text or "PytorchStreamReader" in text or isinstance(err, EOFError):
-            first = "the file is truncated or not a PyTorch file"
-        raise DHRError(f"{key}={path}: not a readable checkpoint ({first}); pass a file written by dhr.train "
-                       "or a plain state dict") from None
+        raise DHRError(f"{key}={path}: not a readable checkpoint ({load_problem(err)}); pass a file written by "
+                       "dhr.train or a plain state dict") from None
     if not isinstance(state, Mapping):
         raise DHRError(f"{key}={path}: holds a {type(state).__name__}, not a checkpoint dict")
     return dict(state)

@@ -9,6 +9,13 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+def worker_message(text: str) -> str:
+    """The message of a DHRError raised in a DataLoader worker, without the traceback PyTorch wraps it in."""
+    if text.startswith("Caught DHRError") and "DHRError: " in text:
+        return text[text.rindex("DHRError: ") + len("DHRError: "):].strip()
+    return text
+
+
 def run_or_exit(fn: Callable[[Any], T], cfg: Any) -> T:
     """Call ``fn(cfg)``; a :class:`~dhr.errors.DHRError` or a required key left unset prints
     ``error: ...`` and exits 2 (no traceback)."""
@@ -20,7 +27,7 @@ def run_or_exit(fn: Callable[[Any], T], cfg: Any) -> T:
     try:
         return fn(cfg)
     except DHRError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {worker_message(str(err))}", file=sys.stderr)
         sys.exit(2)
     except MissingMandatoryValue as err:  # a ??? key the command did not set
         print(f"error: {err.full_key} is required: add {err.full_key}=... to the command", file=sys.stderr)
