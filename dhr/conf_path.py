@@ -23,11 +23,30 @@ def _lines(path: str | None) -> object:
     return ListConfig([line.strip() for line in file.read_text().splitlines() if line.strip()])
 
 
+def _wandb_group(default: str) -> str:
+    """``${dhr.wandb_group:DEFAULT}``: the W&B group of a run: the pipeline run that started it
+    (``$DHR_WANDB_GROUP``, set by ``dhr.pipeline``), else the sweep of a multirun, else DEFAULT."""
+    import os
+
+    if os.environ.get("DHR_WANDB_GROUP"):
+        return os.environ["DHR_WANDB_GROUP"]
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra = HydraConfig.get()
+        if hydra.mode is not None and hydra.mode.name == "MULTIRUN":
+            return Path(str(hydra.sweep.dir)).name
+    except ValueError:  # composed outside a Hydra run
+        pass
+    return default
+
+
 def _register_resolvers() -> None:
-    """Config helpers of the folder dataset: ``dhr.lines``, ``dhr.count`` and ``dhr.index``."""
+    """Config helpers: ``dhr.lines``, ``dhr.count``, ``dhr.index`` (the folder dataset), ``dhr.wandb_group``."""
     from omegaconf import OmegaConf
 
     OmegaConf.register_new_resolver("dhr.lines", _lines, replace=True)
+    OmegaConf.register_new_resolver("dhr.wandb_group", _wandb_group, replace=True)
     OmegaConf.register_new_resolver("dhr.count", lambda items: len(items), replace=True)
     OmegaConf.register_new_resolver("dhr.index", lambda item, items: list(items).index(item) if item in items else None,
                                     replace=True)

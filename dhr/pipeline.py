@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import sys
 import time
 import uuid
@@ -333,6 +334,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     hydra = HydraConfig.get()
     report_dir = Path(hydra.runtime.output_dir)
     run_dir = Path(cfg.pipeline.cache_dir) if cfg.pipeline.cache_dir else report_dir  # where the stages live
+    os.environ.setdefault("DHR_WANDB_GROUP", f"pipeline-{report_dir.name}")  # logger=wandb: one group per pipeline run
     forwarded = [o for o in hydra.overrides.task if o.lstrip("+~").startswith(("dataset.", "paths."))]
     common = [f"dataset={hydra.runtime.choices.dataset}", *forwarded, *[str(o) for o in cfg.pipeline.common or []]]
     extras = [str(o) for o in cfg.pipeline.extra or []]

@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from dhr.utils.cli import hydra_entry
 
@@ -115,6 +115,15 @@ def fit_stages(cfg: DictConfig, model: Any, datamodule: Any, loggers: list[Any],
     return trainer
 
 
+def log_config_to_wandb(cfg: DictConfig, loggers: list[Any]) -> None:
+    """The whole resolved config in the W&B run (Lightning logs only the module's hyper-parameters)."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    for logger in loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.config.update(OmegaConf.to_container(cfg, resolve=True), allow_val_change=True)
+
+
 def report_expected(expected: Any, scores: dict[str, Any], split: str) -> dict[str, Any] | None:
     """Print the preset's published number next to this run's (``expected`` of ``conf/experiment``).
 
@@ -146,6 +155,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
     loggers = instantiate_group(cfg.get("logger"))
+    log_config_to_wandb(cfg, loggers)
     metrics: dict[str, Any] = {}
     try:
         trainer = fit_stages(cfg, model, datamodule, loggers, output_dir)

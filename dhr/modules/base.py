@@ -45,6 +45,7 @@ class DHRLightningModule(pl.LightningModule):
         conf = confusion.compute().cpu().numpy().astype(np.int64)
         confusion.reset()
         scores = scores_from_confusion(conf)
+        self.last_val_scores = scores  # per-class numbers for callbacks (the W&B table)
         for name, value in (("mIoU", scores.miou), ("mFPR", scores.mfpr), ("mFNR", scores.mfnr)):
             self.log(f"val/{name}", float(np.nan_to_num(value)), prog_bar=name == "mIoU", sync_dist=False)
 

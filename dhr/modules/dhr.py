@@ -117,6 +117,7 @@ class DHRModule(SegmentationModule):
                 scored = (masks != self.ignore_index) & (gt != self.ignore_index)
                 agree = ((masks == gt) & scored).sum().float() / scored.sum().clamp_min(1)
                 self.log(f"train/{name}_gt_acc", agree, on_step=False, on_epoch=True, batch_size=n)
+        self.last_relabel = {"image": image[0].detach(), "seed": seeds[0].detach(), "dhr": target[0].detach()}  # W&B
         logits = out["logits"]
         seg = F.cross_entropy(logits, legacy_nearest(target, logits.shape[-2:]), ignore_index=self.ignore_index)
         cls = F.multilabel_soft_margin_loss(self.box_mean_cams(out["cams"], batch["crop_box"], image.shape[-1]),

@@ -84,10 +84,12 @@ class Mask2FormerModule(DHRLightningModule):
             self.clip_gradients(optimizer, gradient_clip_val=clip, gradient_clip_algorithm=gradient_clip_algorithm or "norm")
 
     # -- validation -----------------------------------------------------------------------------
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
         class_logits, mask_logits = self.net(batch["image"])[-1]
         scores = semantic_inference(class_logits, mask_logits, batch["image"].shape[-2:])
-        self.val_confusion.update(scores.argmax(1), batch["mask"])
+        pred = scores.argmax(1)
+        self.val_confusion.update(pred, batch["mask"])
+        return {"pred": pred}  # for callbacks (W&B masks)
 
     def on_validation_epoch_end(self) -> None:
         self.log_val_confusion(self.val_confusion)

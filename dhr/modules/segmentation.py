@@ -80,10 +80,12 @@ class SegmentationModule(DHRLightningModule):
         return loss
 
     # -- validation -----------------------------------------------------------------------------
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
         image = batch["image"]
         logits = F.interpolate(self.net(image), size=image.shape[-2:], mode="bilinear", align_corners=False)
-        self.val_confusion.update(logits.argmax(1), batch["mask"])
+        pred = logits.argmax(1)
+        self.val_confusion.update(pred, batch["mask"])
+        return {"pred": pred}  # for callbacks (W&B masks)
 
     def on_validation_epoch_end(self) -> None:
         self.log_val_confusion(self.val_confusion)
