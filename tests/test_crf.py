@@ -163,3 +163,20 @@ def test_hard_label_crf_snaps_a_shifted_mask_to_the_image_edge(backend):
     refined = crf_refine_labels(image, shifted, 2, replace(PARAMS, backend=backend))
     assert (refined == truth).mean() > (shifted == truth).mean()
     assert (refined == truth).mean() > 0.99
+
+
+def test_the_gather_path_of_devices_without_sparse_matmul_equals_the_csr_path():
+    from dataclasses import replace
+
+    from dhr.ops.crf.lattice import Lattice
+    from dhr.ops.crf.mean_field import bilateral_features
+
+    image, probs, _ = two_region_case()
+    rng = np.random.default_rng(0)
+    image = np.clip(image.astype(int) + rng.integers(-30, 30, image.shape), 0, 255).astype(np.uint8)
+    lattice = Lattice.build(bilateral_features(torch.from_numpy(image)[None], 67.0, 3.0))
+    assert lattice.splat is not None and lattice.slice is not None
+    values = torch.from_numpy(rng.random((1, image.shape[0] * image.shape[1], 3), dtype=np.float32))
+    gathered = replace(lattice, splat=None, slice=None).filter(values)
+    torch.testing.assert_close(gathered, lattice.filter(values), atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(lattice.filter(values), values)  # it filters
