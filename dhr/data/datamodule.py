@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader
 
 from dhr.data.datasets import SegmentationDataset, pad_collate
 from dhr.data.layout import MAX_LISTED_PROBLEMS, DatasetInfo, DatasetLayout
+from dhr.data.sampler import EpochShuffle
 from dhr.data.sources import ensure_dataset
 from dhr.data.transforms import eval_transform, train_transform
 from dhr.errors import DHRError
@@ -50,6 +51,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         with_gt: bool,
         uss_dir: str | None,
         uss_patch: int | None,
+        seed: int = 1,
     ) -> None:
         super().__init__()
         self.dataset_cfg = dict(dataset)
@@ -76,6 +78,9 @@ class SegmentationDataModule(pl.LightningDataModule):
         if self.uss_dir is not None and uss_patch is None:
             raise DHRError("data.uss_dir is set but data.uss_patch is not: set the ViT patch of the features")
         self.uss_patch = int(uss_patch) if uss_patch is not None else 0
+        self.seed = int(seed)
+        self.train_sampler: EpochShuffle | None = None  # one process: the resumable shuffle
+        self.resume_at: tuple[int, int] | None = None  # (epoch, batches done), set by ExactResume on resume
         self.data_train: SegmentationDataset | None = None
         self.data_val: SegmentationDataset | None = None
         self.data_predict: SegmentationDataset | None = None
@@ -174,7 +179,7 @@ class SegmentationDataModule(pl.LightningDataModule):
             uss_dim = self._check_uss(ids) if self.uss_dir is not None else None
             self.data_train = SegmentationDataset(
                 self.layout, self.train_split, ids=ids, mask_dirs=mask_dirs or None, tags=tags,
-                uss_dir=self.uss_dir, uss_patch=self.uss_patch, uss_dim=uss_dim, on_error=self.on_error,
+                uss_dir=self.uss_dir, uss_patch=self.uss_patch, uss_dim=uss_dim, on_error=self.on_error, reseed=self.seed,
                 transform=train_transform(crop_size=self.crop_size, resize_long=self.resize_long, flip=self.flip,
                                           jitter=self.jitter, ignore_index=self.info.ignore_index),
             )
@@ -227,7 +232,18 @@ class SegmentationDataModule(pl.LightningDataModule):
         assert self.data_train is not None, "call setup('fit') first"
         if len(self.data_train) < self._per_device():
             raise DHRError(f"{len(self.data_train)} training images but a per-device batch of {self._per_device()}")
-        return self._loader(self.data_train, batch_size=self._per_device(), shuffle=True, drop_last=True)
+        world = self.trainer.world_size if self.trainer is not None else 1
+        if world > 1:  # Lightning's DistributedSampler shuffles by epoch; each rank reads its share
+            return self._loader(self.data_train, batch_size=self._per_device(), shuffle=True, drop_last=True)
+        if self.train_sampler is None or self.train_sampler.n != len(self.data_train):
+            self.train_sampler = EpochShuffle(len(self.data_train), self.seed)
+        if self.resume_at is not None:  # worker processes may draw indices before Lightning's set_epoch
+            epoch, batches = self.resume_at
+            self.train_sampler.epoch = epoch
+            self.train_sampler.resume, self.resume_at = (epoch, batches * self._per_device()), None
+        return DataLoader(self.data_train, batch_size=self._per_device(), sampler=self.train_sampler, drop_last=True,
+                          num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
+                          persistent_workers=self.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader | list:
         if self.data_val is None:

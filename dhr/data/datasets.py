@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,9 +54,11 @@ class SegmentationDataset(Dataset):
         uss_patch: int = 14,
         uss_dim: int | None = None,
         on_error: str = "fail",
+        reseed: int | None = None,
     ) -> None:
         self.layout = layout
         self.on_error = on_error  # skip: a file that fails to load is logged and the next item served
+        self.reseed = reseed  # training: seed each item's random draws from (reseed, epoch, index)
         self.split = split
         self.image_paths = layout.image_paths(split)
         self.ids = list(ids) if ids is not None else list(self.image_paths)
@@ -68,7 +71,17 @@ class SegmentationDataset(Dataset):
         return len(self.ids)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        """The item; with ``on_error=skip`` a broken file is logged and the next good item served instead."""
+        """The item; with ``on_error=skip`` a broken file is logged and the next good item served instead.
+
+        An index past the split (``epoch * len + i``, from :class:`~dhr.data.sampler.EpochShuffle`)
+        is item ``i``; with ``reseed`` the random draws of its augmentation depend on it alone.
+        """
+        if self.reseed is not None:
+            seed = (self.reseed * 1_000_003 + index) % 2**32
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)
+        index %= len(self.ids)
         for step in range(len(self.ids)):
             try:
                 return self._item((index + step) % len(self.ids))
