@@ -209,8 +209,10 @@ def test_external_seeds_are_checked_before_training(tmp_path, synth_root):
 
     with Image.open(seeds / "tr_00002.png") as im:
         im.resize((im.width + 3, im.height)).save(seeds / "tr_00002.png")
-    with pytest.raises(DHRError, match=r"(?s)2 problem.*tr_00002.png: mask is .* but image is.*tr_00007.png: missing mask"):
+    with pytest.raises(DHRError, match=r"2 problem\(s\)") as err:
         run(train_cfg(tmp_path, synth_root, "wss=folder", f"wss.path={seeds}"))
+    assert "tr_00002.png: seed is 69x59 but the image is 66x59 (WxH)" in str(err.value)
+    assert "no seed for image tr_00007.jpg" in str(err.value)
     with pytest.raises(DHRError, match="folder of seed masks not found"):
         run(train_cfg(tmp_path, synth_root, "wss=cam"))  # no CAM seeds generated yet
 

@@ -155,6 +155,8 @@ class SegmentationDataModule(pl.LightningDataModule):
             if self.batch_size % world:
                 raise DHRError(f"batch_size={self.batch_size} is not divisible by the {world} training processes")
             mask_dir = self.train_mask_dir()
+            if self.uss_dir is not None:
+                self._check_uss_folder()  # a missing folder or another patch: one clear error, not one per image
             if self.validate == "full":  # every problem of train and val in one list, before any step
                 seeds = mask_dir if mask_dir is not None and mask_dir != self.layout.mask_dir(self.train_split) else None
                 wanted = {self.train_split: (seeds, self.uss_dir)}
@@ -189,20 +191,28 @@ class SegmentationDataModule(pl.LightningDataModule):
             self.data_predict = self._whole_images(self.predict_split, with_masks=False, with_tags=self.with_tags,
                                                    skip=self.predict_skip)
 
-    def _check_uss(self, ids: Sequence[str]) -> int:
-        """Every training image has a feature file, of the expected grid; returns the feature dimension."""
-        from dhr.data.uss import load_uss, read_manifest
-        from dhr.utils.io import read_rgb
+    def _check_uss_folder(self) -> Path:
+        """The feature folder exists and was exported with the configured ViT patch."""
+        from dhr.data.uss import read_manifest
 
         folder = self.uss_dir
         assert folder is not None
-        hint = "export them with `python -m dhr.features ckpt=<CAUSE ckpt> split=" + self.train_split + "`"
         if not folder.is_dir():
-            raise DHRError(f"data.uss_dir={folder}: USS feature folder not found; {hint}")
+            raise DHRError(f"data.uss_dir={folder}: USS feature folder not found; export them with "
+                           f"`python -m dhr.features ckpt=<CAUSE ckpt> split={self.train_split}`")
         patch = read_manifest(folder).get("patch")
         if patch is not None and int(patch) != self.uss_patch:
             raise DHRError(f"{folder}: features were exported with patch {patch} but model.dhr.uss_patch={self.uss_patch}; "
                            f"set model.dhr.uss_patch={patch}")
+        return folder
+
+    def _check_uss(self, ids: Sequence[str]) -> int:
+        """Every training image has a feature file, of the expected grid; returns the feature dimension."""
+        from dhr.data.uss import load_uss
+        from dhr.utils.io import read_rgb
+
+        folder = self._check_uss_folder()
+        hint = "export them with `python -m dhr.features ckpt=<CAUSE ckpt> split=" + self.train_split + "`"
         missing = [i for i in ids if not (folder / f"{i}.pt").is_file()]
         if missing:
             raise DHRError(f"{folder}: {len(missing)} of {len(ids)} training images have no USS features "

@@ -234,4 +234,5 @@ def class_table(reports: list[SplitReport], classes: tuple[str, ...]) -> str:
 
 
 def as_json(reports: list[SplitReport], dataset: str) -> dict[str, Any]:
-    return {"dataset": dataset, "ok": not any(r.errors for r in reports), "splits": [asdict(r) for r in reports]}
+    return {"dataset": dataset, "ok": not any(r.errors for r in reports),
+            "splits": [{**asdict(r), "bad_ids": sorted(r.bad_ids)} for r in reports]}
