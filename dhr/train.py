@@ -54,6 +54,19 @@ def check_trainer_values(trainer: DictConfig) -> None:
             raise DHRError(f"trainer.{key}={value!r}: use a batch count (int) or a fraction of the batches (float)")
 
 
+def submitit_plugins(trainer_cfg: DictConfig) -> dict[str, Any]:
+    """Under ``hydra/launcher=slurm`` submitit requeues a pre-empted job (which then resumes its own
+    ``last.ckpt`` with ``ckpt_path=last``); Lightning's own SLURM auto-requeue would requeue it a
+    second time, so it is switched off there."""
+    import os
+
+    if os.environ.get("SUBMITIT_EXECUTOR") != "slurm" or trainer_cfg.get("plugins"):
+        return {}
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+
+    return {"plugins": [SLURMEnvironment(auto_requeue=False)]}
+
+
 def check_launch(cfg: DictConfig) -> None:
     """Refuse combinations that cannot work, before anything heavy starts."""
     from hydra.core.hydra_config import HydraConfig
@@ -107,7 +120,8 @@ def fit_stages(cfg: DictConfig, model: Any, datamodule: Any, loggers: list[Any],
             log.info("fitting stage %s for %d epoch(s)", stage, overrides["max_epochs"])
         if ckpt is not None:
             check_resumable(ckpt, model, "ckpt_path")
-        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
+        trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides,
+                              **submitit_plugins(cfg.trainer))
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt)
         if stage is not None and trainer.is_global_zero and not trainer.fast_dev_run:
             (output_dir / "checkpoints" / stage).mkdir(parents=True, exist_ok=True)

@@ -239,3 +239,19 @@ def test_cam_baseline_trains_on_tags_and_writes_seeds_with_and_without_crf(tmp_p
                                                  background_id=0)).read_tags("val")
     for path in sorted(seeds.glob("*.png")):  # seeds hold background and the image's tagged classes only
         assert set(np.unique(read_label_png(path)).tolist()) <= {0, *tags[path.stem]}, path.name
+
+
+def test_lightning_slurm_auto_requeue_is_off_under_submitit(monkeypatch):
+    from lightning_fabric.plugins.environments import SLURMEnvironment
+    from omegaconf import OmegaConf
+
+    from dhr.train import submitit_plugins
+
+    monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
+    assert submitit_plugins(OmegaConf.create({})) == {}
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")  # what submitit exports in its sbatch script
+    plugins = submitit_plugins(OmegaConf.create({}))["plugins"]
+    assert isinstance(plugins[0], SLURMEnvironment) and plugins[0].auto_requeue is False
+    assert submitit_plugins(OmegaConf.create({"plugins": ["mine"]})) == {}  # the user's own plugins win
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")
+    assert submitit_plugins(OmegaConf.create({})) == {}
