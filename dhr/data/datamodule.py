@@ -22,6 +22,7 @@ from dhr.errors import DHRError
 
 log = logging.getLogger(__name__)
 
+
 class SegmentationDataModule(pl.LightningDataModule):
     """Training crops with GT (``masks="gt"``) or pseudo masks from a folder; whole images for val/predict.
 
@@ -109,9 +110,12 @@ class SegmentationDataModule(pl.LightningDataModule):
         if self.validate == "quick":
             return self.layout.validate(split, masks=mask_dir is not None, tags=tags, mask_dir=mask_dir, values=False)
         if split not in self._bad_ids:
-            seeds = mask_dir if mask_dir is not None and mask_dir != self.layout.mask_dir(split) else None
-            self.full_check({split: (seeds, None)})
+            self.full_check({split: (self._seed_dir(split, mask_dir), None)})
         return [i for i in self.layout.ids(split) if i not in self._bad_ids[split]]
+
+    def _seed_dir(self, split: str, mask_dir: Path | None) -> Path | None:
+        """The training masks' folder when it is not the split's GT (seeds, checked as such)."""
+        return mask_dir if mask_dir is not None and mask_dir != self.layout.mask_dir(split) else None
 
     def full_check(self, splits: Mapping[str, tuple[Path | None, Path | None]]) -> None:
         """Decode every image, mask, tag, seed and feature file of ``splits`` (split -> (seed folder,
@@ -158,9 +162,8 @@ class SegmentationDataModule(pl.LightningDataModule):
             if self.uss_dir is not None:
                 self._check_uss_folder()  # a missing folder or another patch: one clear error, not one per image
             if self.validate == "full":  # every problem of train and val in one list, before any step
-                seeds = mask_dir if mask_dir is not None and mask_dir != self.layout.mask_dir(self.train_split) else None
-                wanted = {self.train_split: (seeds, self.uss_dir)}
-                if self.val_split and self.val_split not in self._bad_ids:
+                wanted = {self.train_split: (self._seed_dir(self.train_split, mask_dir), self.uss_dir)}
+                if self.val_split:
                     wanted[self.val_split] = (None, None)
                 self.full_check({k: v for k, v in wanted.items() if k not in self._bad_ids})
             ids = self._check(self.train_split, mask_dir, self.with_tags)

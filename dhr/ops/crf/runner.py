@@ -1,10 +1,10 @@
 """One way into the dense CRF for every caller, whichever backend runs it.
 
-:class:`CRFRunner` takes crops of any sizes and label counts. The torch backend groups them by size,
-pads the label counts within a group (padding labels get Q = 0 and change nothing) and runs each
-group in batches of ``crf.chunk`` (auto: 16 on an accelerator, 1 on the CPU) on the crops' own device; the pydensecrf backend copies them to
-the CPU and runs them one by one in worker processes. Either way Q comes back as float32 tensors
-on the device the probabilities came from.
+:class:`CRFRunner` takes crops of any sizes and label counts. The torch backend groups them by
+size, pads the label counts within a group (padding labels get Q = 0 and change nothing) and runs
+each group in batches of ``crf.chunk`` (auto: 16 on an accelerator, 1 on the CPU) on the crops'
+own device; the pydensecrf backend copies them to the CPU and runs them one by one in worker
+processes. Either way Q comes back as float32 tensors on the device the probabilities came from.
 """
 
 from __future__ import annotations
