@@ -98,7 +98,7 @@ class CauseDataModule(pl.LightningDataModule):
                                      resolution=self.resolution, image_interp=self.image_interp)
         self.data_val = None
         if self.val_split:
-            self.layout.validate(self.val_split, values=False)
+            self.layout.validate(self.val_split)
             self.data_val = CauseViews(self.layout, self.val_split, crop_type="none", resolution=self.resolution,
                                        image_interp=self.image_interp)
 

@@ -108,7 +108,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         if self.validate == "off":
             return self.layout.ids(split)
         if self.validate == "quick":
-            return self.layout.validate(split, masks=mask_dir is not None, tags=tags, mask_dir=mask_dir, values=False)
+            return self.layout.validate(split, masks=mask_dir is not None, tags=tags, mask_dir=mask_dir)
         if split not in self._bad_ids:
             self.full_check({split: (self._seed_dir(split, mask_dir), None)})
         return [i for i in self.layout.ids(split) if i not in self._bad_ids[split]]
@@ -237,9 +237,11 @@ class SegmentationDataModule(pl.LightningDataModule):
         world = self.trainer.world_size if self.trainer is not None else 1
         return self.batch_size // world
 
-    def _loader(self, data: SegmentationDataset, *, batch_size: int, shuffle: bool, drop_last: bool, collate=None) -> DataLoader:
+    def _loader(self, data: SegmentationDataset, *, batch_size: int, shuffle: bool, drop_last: bool, collate=None,
+                sampler=None) -> DataLoader:
         return DataLoader(data, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=self.num_workers,
-                          pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0, collate_fn=collate)
+                          pin_memory=torch.cuda.is_available(), persistent_workers=self.num_workers > 0, collate_fn=collate,
+                          sampler=sampler)
 
     def train_dataloader(self) -> DataLoader:
         assert self.data_train is not None, "call setup('fit') first"
@@ -254,9 +256,8 @@ class SegmentationDataModule(pl.LightningDataModule):
             epoch, batches = self.resume_at
             self.train_sampler.epoch = epoch
             self.train_sampler.resume, self.resume_at = (epoch, batches * self._per_device()), None
-        return DataLoader(self.data_train, batch_size=self._per_device(), sampler=self.train_sampler, drop_last=True,
-                          num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
-                          persistent_workers=self.num_workers > 0)
+        return self._loader(self.data_train, batch_size=self._per_device(), shuffle=False, drop_last=True,
+                            sampler=self.train_sampler)
 
     def val_dataloader(self) -> DataLoader | list:
         if self.data_val is None:

@@ -22,7 +22,6 @@ from PIL import Image
 from dhr.data.palette import make_palette
 from dhr.data.tags import read_xml_names
 from dhr.errors import DHRError
-from dhr.utils.io import read_label_png
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 MAX_LISTED_PROBLEMS = 10
@@ -219,13 +218,13 @@ class DatasetLayout:
                 f"({self.info.num_classes}); pick the dataset config matching this data"
             )
 
-    def validate(self, split: str, *, masks: bool = True, tags: bool = False, values: bool = True,
+    def validate(self, split: str, *, masks: bool = True, tags: bool = False,
                  mask_dir: Path | None = None, workers: int | None = None) -> list[str]:
-        """Check a split before any training starts; raise one DHRError listing the problems.
+        """The quick check of a split (``data.validate=quick``); raise one DHRError listing the problems.
 
-        Checks: split present, every image has a mask of the same size (headers only), mask
-        values are class ids or ignore (full decode, in threads), tags parse to known classes.
-        Returns the ids of the split.
+        Checks: split present, every image has a mask of the same size (headers only), tags parse
+        to known classes. Returns the ids of the split. Decoding every file is the full check,
+        :func:`dhr.data.doctor.check_split` (``data.validate=full``).
         """
         self.check_class_json()
         images = self.image_paths(split)
@@ -237,7 +236,6 @@ class DatasetLayout:
         mdir = mask_dir if mask_dir is not None else self.mask_dir(split)
         if not mdir.is_dir():
             raise DHRError(f"{mdir}: mask folder not found for split {split!r}")
-        c, ignore = self.info.num_classes, self.info.ignore_index
 
         def check(image_id: str) -> str | None:
             mpath = mdir / f"{image_id}.png"
@@ -255,14 +253,6 @@ class DatasetLayout:
                 return f"{mpath}: cannot read mask ({err})"
             if msize != isize:
                 return f"{mpath}: mask is {msize[0]}x{msize[1]} but image is {isize[0]}x{isize[1]} (WxH)"
-            if values:
-                try:
-                    arr = read_label_png(mpath)
-                except DHRError as err:
-                    return str(err)
-                bad = np.unique(arr[(arr >= c) & (arr != ignore)])
-                if bad.size:
-                    return f"{mpath}: values {bad[:8].tolist()} are not class ids 0..{c - 1} or {ignore}"
             return None
 
         with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:

@@ -284,11 +284,12 @@ def step1(masks: torch.Tensor, cams: torch.Tensor, tags: torch.Tensor, images: t
     for (i, fg), q in zip(where, q_list, strict=True):
         y0, x0, y1, x1 = box_list[i]
         ignore = torch.tensor([IGNORE], device=q.device)
+        ids = fg_ids.to(q.device)[fg.to(q.device)]
         if cfg.step1.bg_mode == "official":
             q = torch.cat([q, 1 - q.amax(0, keepdim=True)])
-            lut = torch.cat([fg_ids.to(q.device)[fg.to(q.device)], ignore])
+            lut = torch.cat([ids, ignore])
         else:
-            lut = torch.cat([ignore, fg_ids.to(q.device)[fg.to(q.device)]])
+            lut = torch.cat([ignore, ids])
         new = lut[q.argmax(0)].to(out.device)
         region = out[i, y0:y1, x0:x1]
         paste = new != IGNORE
