@@ -117,11 +117,15 @@ def configure_inference(module: Any, infer: DictConfig, crf: DictConfig | None) 
 
 
 def predict_to_folder(module: Any, datamodule: Any, trainer_cfg: DictConfig, out_dir: Path,
-                      out_dirs: dict[str, Path] | None = None, progress: DictConfig | None = None) -> int:
-    """Predict ``datamodule.predict_split`` into ``out_dir`` (or ``out_dirs`` per output); returns the image count.
+                      out_dirs: dict[str, Path] | None = None, progress: DictConfig | None = None, *,
+                      sharded: bool = False) -> int:
+    """Predict ``datamodule.predict_split`` into ``out_dir`` (or ``out_dirs`` per output); returns how many
+    of its images now have every output on disk (what all processes wrote).
 
     ``progress`` is the ``callbacks.progress_bar`` node (bars on a terminal, log lines otherwise).
-    Call :func:`configure_inference` first.
+    ``sharded``: run on ``trainer_cfg``'s devices and strategy, each process writing its share of the
+    images (Lightning's unrepeated sampler: every image once); else one process. Call
+    :func:`configure_inference` first.
     """
     from hydra.utils import instantiate
 
@@ -132,12 +136,18 @@ def predict_to_folder(module: Any, datamodule: Any, trainer_cfg: DictConfig, out
     overrides = dict(callbacks=callbacks, logger=False, enable_checkpointing=False, max_epochs=1,
                      enable_progress_bar=progress is not None)
     cfg = OmegaConf.to_container(trainer_cfg, resolve=True)
-    for key in ("fast_dev_run", "limit_train_batches", "limit_val_batches", "overfit_batches", "strategy", "sync_batchnorm"):
+    for key in ("fast_dev_run", "limit_train_batches", "limit_val_batches", "overfit_batches", "sync_batchnorm", "plugins"):
         cfg.pop(key, None)
-    cfg["devices"] = 1  # one process: outputs of a spawned pool would not come back
+    if not sharded:
+        cfg.pop("strategy", None)
+        cfg["devices"] = 1
+    if datamodule.data_predict is None:  # set up here, so that the ids to expect are known in this process
+        datamodule.setup("predict")
     trainer = instantiate(cfg, **overrides)
     trainer.predict(module, datamodule=datamodule, return_predictions=False)
-    return writer.written
+    trainer.strategy.barrier()  # under strategy=ddp every rank counts after all have written
+    folders = list(writer.out_dirs.values())
+    return sum(all((folder / f"{i}.png").is_file() for folder in folders) for i in datamodule.data_predict.ids)
 
 
 def evaluate_split(datamodule: Any, pred_dir: Path, split: str, tag: str) -> dict[str, Any]:

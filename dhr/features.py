@@ -98,6 +98,28 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def shard_of(cfg: DictConfig) -> tuple[int, int]:
+    """(shard, number of shards) of this process: the keys, else the launcher's rank and size, else (0, 1)."""
+    import os
+
+    from dhr.errors import DHRError
+
+    def pick(key: str, names: tuple[str, ...], default: int) -> int:
+        value = cfg.get(key, "auto")
+        if value == "auto":
+            value = next((os.environ[n] for n in names if n in os.environ), default)
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise DHRError(f"{key}={value!r}: use a whole number or auto") from None
+
+    count = pick("num_shards", ("WORLD_SIZE", "SLURM_NTASKS"), 1)
+    shard = pick("shard", ("RANK", "SLURM_PROCID"), 0)
+    if count < 1 or not 0 <= shard < count:
+        raise DHRError(f"shard={shard} of num_shards={count}: use 0 <= shard < num_shards")
+    return shard, count
+
+
 def run(cfg: DictConfig) -> dict[str, int]:
     import torch
 
@@ -126,24 +148,24 @@ def run(cfg: DictConfig) -> dict[str, int]:
                 "scales": list(cfg.scales), "flip": bool(cfg.flip), "dtype": "float16", "patch": int(vit.patch_size),
                 "shape": "(reduced_dim, ceil_p(int(2H))/p, ceil_p(int(2W))/p)"}
     manifest_path = out_dir / MANIFEST
-    if manifest_path.is_file():
+    if manifest_path.is_file() and not cfg.overwrite:
         old = json.loads(manifest_path.read_text())
         if old.get("ckpt_sha256") != manifest["ckpt_sha256"] or old.get("scales") != manifest["scales"]:
-            if not cfg.overwrite:
-                raise DHRError(f"{out_dir} holds features of another checkpoint or recipe ({old.get('ckpt')}); "
-                               "pass overwrite=true to replace them or set uss_name to another folder")
-            for stale in out_dir.glob("*.pt"):
-                stale.unlink()
-    atomic_write_json(manifest_path, manifest)
+            raise DHRError(f"{out_dir} holds features of another checkpoint or recipe ({old.get('ckpt')}); "
+                           "pass overwrite=true to replace them or set uss_name to another folder")
+    atomic_write_json(manifest_path, manifest)  # every shard writes the same one
+    shard, num_shards = shard_of(cfg)
     paths = layout.image_paths(cfg.split)
+    mine = dict(list(paths.items())[shard::num_shards])
     written = skipped = 0
     from dhr.utils.progress import track
 
-    for image_id, image_path in track(paths.items(), len(paths), f"CAUSE features {info.name}/{cfg.split}"):
+    title = f"CAUSE features {info.name}/{cfg.split}" + (f" (shard {shard} of {num_shards})" if num_shards > 1 else "")
+    for image_id, image_path in track(mine.items(), len(mine), title):
         target = out_dir / f"{image_id}.pt"
         image = read_rgb(image_path)
         expected = feature_grid(image.height, image.width, vit.patch_size, cfg.scales[0])
-        if target.is_file():
+        if target.is_file() and not cfg.overwrite:  # an interrupted export resumes; a corrupt partial file is redone
             try:
                 if tuple(torch.load(target, map_location="cpu", weights_only=True).shape[-2:]) == expected:
                     skipped += 1

@@ -43,6 +43,7 @@ def prediction_identity(cfg: DictConfig) -> dict[str, Any]:
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     from hydra.utils import instantiate
+    from pytorch_lightning.utilities import rank_zero_only
 
     from dhr.engine import (
         claim_out_dirs,
@@ -72,7 +73,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if datamodule.predict_skip:
         log.info("resuming: %d label maps are already written in %s, predicting the rest",
                  len(datamodule.predict_skip), out_dir)
-    written = predict_to_folder(module, datamodule, cfg.trainer, out_dir, out_dirs, progress=cfg.callbacks.get("progress_bar"))
+    written = predict_to_folder(module, datamodule, cfg.trainer, out_dir, out_dirs, progress=cfg.callbacks.get("progress_bar"),
+                                sharded=True)
+    if rank_zero_only.rank != 0:  # strategy=ddp: every rank runs this command; rank 0 finishes and reports
+        return {}
     expected = len(datamodule.data_predict)
     if written < expected:  # Lightning ends a Ctrl-C'd run quietly
         raise DHRError(f"prediction interrupted after {written} of {expected} images of {out_dir}; run the same "

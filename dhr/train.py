@@ -60,11 +60,15 @@ def submitit_plugins(trainer_cfg: DictConfig) -> dict[str, Any]:
     second time, so it is switched off there."""
     import os
 
-    if os.environ.get("SUBMITIT_EXECUTOR") != "slurm" or trainer_cfg.get("plugins"):
+    if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
         return {}
-    from lightning_fabric.plugins.environments import SLURMEnvironment
+    from hydra.utils import instantiate
+    from lightning_fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
 
-    return {"plugins": [SLURMEnvironment(auto_requeue=False)]}
+    plugins = list(instantiate(trainer_cfg.plugins)) if trainer_cfg.get("plugins") else []
+    if not any(isinstance(plugin, ClusterEnvironment) for plugin in plugins):
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    return {"plugins": plugins}
 
 
 def check_launch(cfg: DictConfig) -> None:
@@ -123,10 +127,34 @@ def fit_stages(cfg: DictConfig, model: Any, datamodule: Any, loggers: list[Any],
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides,
                               **submitit_plugins(cfg.trainer))
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt)
+        take_state_of_spawned_ranks(trainer, model, callbacks)
         if stage is not None and trainer.is_global_zero and not trainer.fast_dev_run:
             (output_dir / "checkpoints" / stage).mkdir(parents=True, exist_ok=True)
             (output_dir / "checkpoints" / stage / "done").write_text("finished\n")
     return trainer
+
+
+def take_state_of_spawned_ranks(trainer: Any, model: Any, callbacks: list[Any]) -> None:
+    """Under ``ddp_spawn`` (``trainer=ddp_cpu``) the fit ran in child processes: this one holds rank 0's
+    weights but its callbacks never ran (an untouched EMA would evaluate the initial network). Take
+    weights and the EMA from the last checkpoint rank 0 wrote."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from dhr.callbacks.ema import EMA
+    from dhr.utils.checkpoint import read_checkpoint
+
+    if trainer.world_size == 1 or getattr(trainer.strategy, "_start_method", "popen") == "popen":
+        return
+    saver = next((cb for cb in callbacks if isinstance(cb, ModelCheckpoint) and cb.dirpath), None)
+    last = Path(saver.dirpath) / "last.ckpt" if saver is not None else None
+    if last is None or not last.is_file():
+        log.warning("no last.ckpt of the spawned ranks: evaluating without their EMA")
+        return
+    state = read_checkpoint(last, "ckpt_path")
+    model.load_state_dict(state["state_dict"])
+    for cb in callbacks:
+        if isinstance(cb, EMA):
+            cb.on_load_checkpoint(trainer, model, state)
 
 
 def log_config_to_wandb(cfg: DictConfig, loggers: list[Any]) -> None:

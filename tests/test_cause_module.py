@@ -135,11 +135,29 @@ def test_features_export_shapes_resume_and_official_format(tmp_path, synth_root)
         assert feats.shape[-2:] == (-(-2 * h // 8), -(-2 * w // 8))  # ceil8(2H)/8: stride ~4 px for patch 8
     assert len(sizes) > 1  # several image sizes
     assert export(compose_cfg("features", overrides, tmp_path / "f2")) == {"written": 0, "skipped": 8}
+    whole = {f.name: f.read_bytes() for f in out.glob("*.pt")}
+    # two shards (as two torchrun / srun ranks would run) split the images, none twice, none missing
+    sharded = [o for o in overrides if not o.startswith("uss_name")]
+    counts = []
+    for shard, env in ((0, {"RANK": "0", "WORLD_SIZE": "2"}), (1, {"SLURM_PROCID": "1", "SLURM_NTASKS": "2"})):
+        with pytest.MonkeyPatch.context() as mp:
+            for key in ("RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
+                mp.delenv(key, raising=False)
+            for key, value in env.items():
+                mp.setenv(key, value)
+            counts.append(export(compose_cfg("features", [*sharded, "uss_name=CAUSE_shards"], tmp_path / f"s{shard}")))
+    assert counts == [{"written": 4, "skipped": 0}, {"written": 4, "skipped": 0}]
+    shards = out.with_name("CAUSE_shards")
+    assert {f.name: f.read_bytes() for f in shards.glob("*.pt")} == whole  # byte for byte the 1-process export
+    redo = export(compose_cfg("features", [*overrides, "overwrite=true", "num_shards=2", "shard=1"], tmp_path / "f5"))
+    assert redo == {"written": 4, "skipped": 0}  # overwrite=true recomputes the shard's finished files too
+    from dhr.errors import DHRError
+
+    with pytest.raises(DHRError, match="shard=2 of num_shards=2"):
+        export(compose_cfg("features", [*overrides, "num_shards=2", "shard=2"], tmp_path / "f6"))
     other = tiny_module(stage="head", resolution=64)
     torch.nn.init.normal_(other.head_ema.tr.f1.weight)
     export_for_dhr(other, tmp_path / "other.pt")
-    from dhr.errors import DHRError
-
     with pytest.raises(DHRError, match="holds features of another checkpoint"):
         export(compose_cfg("features", [*overrides[:1], f"ckpt={tmp_path / 'other.pt'}", *overrides[2:]], tmp_path / "f3"))
     for into in ("uss_name=image", "uss_name=mask", f"out_dir={synth_root / 'SYNTH' / 'validation' / 'mask'}"):

@@ -252,6 +252,9 @@ def test_lightning_slurm_auto_requeue_is_off_under_submitit(monkeypatch):
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")  # what submitit exports in its sbatch script
     plugins = submitit_plugins(OmegaConf.create({}))["plugins"]
     assert isinstance(plugins[0], SLURMEnvironment) and plugins[0].auto_requeue is False
-    assert submitit_plugins(OmegaConf.create({"plugins": ["mine"]})) == {}  # the user's own plugins win
+    own = submitit_plugins(OmegaConf.create({"plugins": [{"_target_": "dhr.ops.sync_batchnorm.SyncBatchNormAnyDevice"}]}))
+    assert [type(p).__name__ for p in own["plugins"]] == ["SyncBatchNormAnyDevice", "SLURMEnvironment"]  # kept, and added
+    mine = {"_target_": "lightning_fabric.plugins.environments.SLURMEnvironment", "auto_requeue": True}
+    assert submitit_plugins(OmegaConf.create({"plugins": [mine]}))["plugins"][0].auto_requeue  # the user's environment wins
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")
     assert submitit_plugins(OmegaConf.create({})) == {}

@@ -14,10 +14,11 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler, SequentialSampler
 
 from dhr.data.datasets import open_label
 from dhr.data.layout import DatasetInfo, DatasetLayout
+from dhr.data.sampler import EpochShuffle, EvalShard
 from dhr.data.sources import ensure_dataset
 from dhr.errors import DHRError
 from dhr.utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
@@ -61,6 +62,7 @@ class CauseViews(Dataset):
         return len(self.ids) * self.n_views
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        index %= len(self)  # EpochShuffle yields epoch * len + i
         image_id = self.ids[index // self.n_views]
         image = read_rgb(self.paths[image_id])
         y0, x0, y1, x1, flip = crop_boxes(image.height, image.width, self.crop_type)[index % self.n_views]
@@ -80,7 +82,8 @@ class CauseViews(Dataset):
 
 class CauseDataModule(pl.LightningDataModule):
     def __init__(self, *, data_root: str, dataset: Mapping[str, Any], train_split: str, val_split: str | None,
-                 crop_type: str, resolution: int, batch_size: int, num_workers: int, image_interp: str) -> None:
+                 crop_type: str, resolution: int, batch_size: int, num_workers: int, image_interp: str,
+                 seed: int = 0) -> None:
         super().__init__()
         self.dataset_cfg = dict(dataset)
         self.info = DatasetInfo.from_cfg(self.dataset_cfg)
@@ -88,6 +91,7 @@ class CauseDataModule(pl.LightningDataModule):
         self.train_split, self.val_split = train_split, val_split
         self.crop_type, self.resolution, self.image_interp = crop_type, int(resolution), image_interp
         self.batch_size, self.num_workers = int(batch_size), min(int(num_workers), os.cpu_count() or 1)
+        self.seed = int(seed)
 
     def prepare_data(self) -> None:
         ensure_dataset(self.layout.data_root, self.dataset_cfg)
@@ -102,14 +106,33 @@ class CauseDataModule(pl.LightningDataModule):
             self.data_val = CauseViews(self.layout, self.val_split, crop_type="none", resolution=self.resolution,
                                        image_interp=self.image_interp)
 
-    def _loader(self, data: Dataset, shuffle: bool, drop_last: bool) -> DataLoader:
-        world = self.trainer.world_size if self.trainer is not None else 1
-        return DataLoader(data, batch_size=max(1, self.batch_size // world), shuffle=shuffle, drop_last=drop_last,
-                          num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
+    def _world(self) -> tuple[int, int]:
+        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer is not None else (0, 1)
+
+    def _loader(self, data: Dataset, sampler: Sampler, drop_last: bool) -> DataLoader:
+        return DataLoader(data, batch_size=max(1, self.batch_size // self._world()[1]), sampler=sampler,
+                          drop_last=drop_last, num_workers=self.num_workers, persistent_workers=self.num_workers > 0,
                           pin_memory=torch.cuda.is_available())
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.data_train, shuffle=True, drop_last=True)
+        """The order of :class:`EpochShuffle`: a 2-process run trains on the views of the 1-process run."""
+        rank, world = self._world()
+        per_rank = max(1, self.batch_size // world)
+        sampler = EpochShuffle(len(self.data_train), self.seed, batch_size=per_rank * world, rank=rank, world=world)
+        return self._loader(self.data_train, sampler, drop_last=True)
+
+    def report_dataloader(self) -> DataLoader | list:
+        """The whole val split in one process (the report after fit: under ``ddp_spawn`` this process
+        never ran ``setup``, and its trainer still counts the spawned ranks)."""
+        if not hasattr(self, "data_val"):
+            self.setup("validate")
+        if self.data_val is None:
+            return []
+        return self._loader(self.data_val, SequentialSampler(self.data_val), drop_last=False)
 
     def val_dataloader(self) -> DataLoader | list:
-        return self._loader(self.data_val, shuffle=False, drop_last=False) if self.data_val is not None else []
+        if self.data_val is None:
+            return []
+        rank, world = self._world()
+        sampler = EvalShard(len(self.data_val), rank=rank, world=world) if world > 1 else SequentialSampler(self.data_val)
+        return self._loader(self.data_val, sampler, drop_last=False)

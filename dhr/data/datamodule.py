@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from dhr.data.datasets import SegmentationDataset, pad_collate
 from dhr.data.layout import MAX_LISTED_PROBLEMS, DatasetInfo, DatasetLayout
-from dhr.data.sampler import EpochShuffle
+from dhr.data.sampler import EpochShuffle, EvalShard
 from dhr.data.sources import ensure_dataset
 from dhr.data.transforms import eval_transform, train_transform
 from dhr.errors import DHRError
@@ -80,7 +80,7 @@ class SegmentationDataModule(pl.LightningDataModule):
             raise DHRError("data.uss_dir is set but data.uss_patch is not: set the ViT patch of the features")
         self.uss_patch = int(uss_patch) if uss_patch is not None else 0
         self.seed = int(seed)
-        self.train_sampler: EpochShuffle | None = None  # one process: the resumable shuffle
+        self.train_sampler: EpochShuffle | None = None  # the resumable shuffle, one share per rank
         self.resume_at: tuple[int, int] | None = None  # (epoch, batches done), set by ExactResume on resume
         self.data_train: SegmentationDataset | None = None
         self.data_val: SegmentationDataset | None = None
@@ -233,9 +233,14 @@ class SegmentationDataModule(pl.LightningDataModule):
                                    mask_dirs={"mask": mask_dir} if mask_dir else None, tags=tags, on_error=self.on_error)
 
     # -- loaders --------------------------------------------------------------------------------
+    def _world(self) -> tuple[int, int]:
+        """(rank, number of processes) of the attached trainer; (0, 1) without one."""
+        if self.trainer is None:
+            return 0, 1
+        return self.trainer.global_rank, self.trainer.world_size
+
     def _per_device(self) -> int:
-        world = self.trainer.world_size if self.trainer is not None else 1
-        return self.batch_size // world
+        return self.batch_size // self._world()[1]
 
     def _loader(self, data: SegmentationDataset, *, batch_size: int, shuffle: bool, drop_last: bool, collate=None,
                 sampler=None) -> DataLoader:
@@ -245,25 +250,27 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         assert self.data_train is not None, "call setup('fit') first"
-        if len(self.data_train) < self._per_device():
-            raise DHRError(f"{len(self.data_train)} training images but a per-device batch of {self._per_device()}")
-        world = self.trainer.world_size if self.trainer is not None else 1
-        if world > 1:  # Lightning's DistributedSampler shuffles by epoch; each rank reads its share
-            return self._loader(self.data_train, batch_size=self._per_device(), shuffle=True, drop_last=True)
-        if self.train_sampler is None or self.train_sampler.n != len(self.data_train):
-            self.train_sampler = EpochShuffle(len(self.data_train), self.seed)
+        rank, world = self._world()
+        if len(self.data_train) < self.batch_size:
+            raise DHRError(f"{len(self.data_train)} training images but a global batch of {self.batch_size}")
+        sampler = self.train_sampler
+        if sampler is None or (sampler.n, sampler.rank, sampler.world) != (len(self.data_train), rank, world):
+            sampler = self.train_sampler = EpochShuffle(len(self.data_train), self.seed, batch_size=self.batch_size,
+                                                        rank=rank, world=world)
         if self.resume_at is not None:  # worker processes may draw indices before Lightning's set_epoch
             epoch, batches = self.resume_at
-            self.train_sampler.epoch = epoch
-            self.train_sampler.resume, self.resume_at = (epoch, batches * self._per_device()), None
+            sampler.epoch = epoch
+            sampler.resume, self.resume_at = (epoch, batches * self._per_device()), None
         return self._loader(self.data_train, batch_size=self._per_device(), shuffle=False, drop_last=True,
-                            sampler=self.train_sampler)
+                            sampler=sampler)
 
     def val_dataloader(self) -> DataLoader | list:
         if self.data_val is None:
             return []
+        rank, world = self._world()
+        sampler = EvalShard(len(self.data_val), rank=rank, world=world) if world > 1 else None
         return self._loader(self.data_val, batch_size=self.val_batch_size, shuffle=False, drop_last=False,
-                            collate=functools.partial(pad_collate, ignore_index=self.info.ignore_index))
+                            collate=functools.partial(pad_collate, ignore_index=self.info.ignore_index), sampler=sampler)
 
     def predict_dataloader(self) -> DataLoader:
         assert self.data_predict is not None, "call setup('predict') first"

@@ -292,7 +292,7 @@ class CauseModule(DHRLightningModule):
         from dhr.ops.kmeans import spherical_kmeans
 
         kmeans_seeds = self.hparams.report_kmeans_seeds
-        loader = datamodule.val_dataloader()
+        loader = datamodule.report_dataloader()
         if not loader:
             return {}
         self.eval()

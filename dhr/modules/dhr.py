@@ -110,13 +110,13 @@ class DHRModule(SegmentationModule):
                            (batch["crop_box"][:, 3] - batch["crop_box"][:, 1])).float()
             for step, count in result.changed.items():
                 self.log(f"train/dhr_changed_{step}", (count.float() / crop_pixels).mean(), on_step=False,
-                         on_epoch=True, batch_size=n)
+                         on_epoch=True, batch_size=n, sync_dist=True)
         if "gt" in batch:  # a diagnostic only: agreement of the training masks with GT, never used to train
             gt = batch["gt"]
             for name, masks in (("seed", seeds), ("mask", target)):
                 scored = (masks != self.ignore_index) & (gt != self.ignore_index)
                 agree = ((masks == gt) & scored).sum().float() / scored.sum().clamp_min(1)
-                self.log(f"train/{name}_gt_acc", agree, on_step=False, on_epoch=True, batch_size=n)
+                self.log(f"train/{name}_gt_acc", agree, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
         self.last_relabel = {"image": image[0].detach(), "seed": seeds[0].detach(), "dhr": target[0].detach()}  # W&B
         logits = out["logits"]
         seg = F.cross_entropy(logits, legacy_nearest(target, logits.shape[-2:]), ignore_index=self.ignore_index)
@@ -127,7 +127,7 @@ class DHRModule(SegmentationModule):
             raise DHRError(f"training loss is {loss.item()} (seg {seg.item()}, cls {cls.item()}) at step "
                            f"{self.global_step}: lower model.optim.lr (now {self.optim.lr}) or use trainer.precision=32-true")
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
-        self.log("train/loss_cls", cls, on_step=False, on_epoch=True, batch_size=n)
+        self.log("train/loss_cls", cls, on_step=False, on_epoch=True, batch_size=n, sync_dist=True)
         return loss
 
     # -- prediction (§9) ------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from dhr.models.backbones import backbone_from_cfg
 from dhr.models.mask2former import Mask2Former, semantic_inference, semantic_to_instances
 from dhr.modules.base import DHRLightningModule
 from dhr.modules.optim import AdamWConfig, poly_adamw
-from dhr.ops.inference import multiscale_probs
+from dhr.ops.inference import labels_per_size, multiscale_probs
 
 
 def build_mask2former(*, num_classes: int, backbone: dict[str, Any], output_stride: int, **settings: Any) -> Mask2Former:
@@ -85,9 +85,11 @@ class Mask2FormerModule(DHRLightningModule):
 
     # -- validation -----------------------------------------------------------------------------
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
-        class_logits, mask_logits = self.net(batch["image"])[-1]
-        scores = semantic_inference(class_logits, mask_logits, batch["image"].shape[-2:])
-        pred = scores.argmax(1)
+        def scores(image: torch.Tensor) -> torch.Tensor:
+            class_logits, mask_logits = self.net(image)[-1]
+            return semantic_inference(class_logits, mask_logits, image.shape[-2:])
+
+        pred = labels_per_size(scores, batch["image"], batch["orig_hw"], self.ignore_index)
         self.val_confusion.update(pred, batch["mask"])
         return {"pred": pred}  # for callbacks (W&B masks)
 

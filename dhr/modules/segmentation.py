@@ -18,7 +18,7 @@ from dhr.models.backbones import backbone_from_cfg
 from dhr.models.deeplabv3plus import DeepLabV3Plus
 from dhr.modules.base import DHRLightningModule
 from dhr.modules.optim import OptimConfig, poly_sgd
-from dhr.ops.inference import multiscale_probs
+from dhr.ops.inference import labels_per_size, multiscale_probs
 
 
 def build_deeplabv3plus(*, num_classes: int, backbone: dict[str, Any], aspp_channels: int,
@@ -81,9 +81,10 @@ class SegmentationModule(DHRLightningModule):
 
     # -- validation -----------------------------------------------------------------------------
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, torch.Tensor]:
-        image = batch["image"]
-        logits = F.interpolate(self.net(image), size=image.shape[-2:], mode="bilinear", align_corners=False)
-        pred = logits.argmax(1)
+        def scores(image: torch.Tensor) -> torch.Tensor:
+            return F.interpolate(self.net(image), size=image.shape[-2:], mode="bilinear", align_corners=False)
+
+        pred = labels_per_size(scores, batch["image"], batch["orig_hw"], self.ignore_index)
         self.val_confusion.update(pred, batch["mask"])
         return {"pred": pred}  # for callbacks (W&B masks)
 

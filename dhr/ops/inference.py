@@ -77,3 +77,22 @@ def multiscale_probs(net: Callable[[torch.Tensor], torch.Tensor], image: torch.T
 
     total, count = multiscale_flip(scores, image, ordered, flip=flip, align_corners=True, out_size=base)
     return resize(total / count, (h, w), True)
+
+
+def labels_per_size(scores: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, sizes: torch.Tensor,
+                    fill: int) -> torch.Tensor:
+    """(N, H, W) argmax labels of a padded batch, each image run at its own size (``sizes``: (N, 2) h, w).
+
+    Images of one size run together. Run on the padded batch, the padding would reach the network's
+    global pooling and attention, and a score would depend on which images share a batch
+    (``val_batch_size``, the DDP shards). ``scores(x)`` gives class scores at the size of ``x``;
+    padding is labelled ``fill``.
+    """
+    labels = torch.full((image.shape[0], *image.shape[-2:]), fill, dtype=torch.long, device=image.device)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, (h, w) in enumerate(sizes.tolist()):
+        groups.setdefault((h, w), []).append(i)
+    for (h, w), members in groups.items():
+        index = torch.tensor(members, device=image.device)
+        labels[index, :h, :w] = scores(image[index, :, :h, :w]).argmax(1)
+    return labels
