@@ -209,3 +209,26 @@ def test_cause_under_ddp_stays_close_to_one_process(tmp_path, synth_root):
         last[run.name] = {k: float(v) for row in rows for k, v in row.items() if v and k.startswith("val/")}
     for key in ("val/uss_mIoU", "val/linear_mIoU"):  # points; token samples and concept bank are per process
         assert abs(last["ddp"][key] - last["one"][key]) < 3.0, (key, last)
+
+
+@pytest.mark.slow
+def test_prediction_is_sharded_over_processes_without_a_missing_or_changed_image(tmp_path, synth_root):
+    from conftest import compose_cfg, predict_overrides
+
+    from dhr.predict import run as predict
+    from dhr.train import run as train
+
+    train(compose_cfg("train", [*tiny_train_overrides(synth_root), "evaluate_after_fit=false"], tmp_path / "run"))
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    overrides = predict_overrides(synth_root, ckpt, "split=val", "evaluate=false")
+    one = predict(compose_cfg("predict", [*overrides, f"out_dir={tmp_path / 'one'}"], tmp_path / "p1"))
+    res = subprocess.run([sys.executable, "-m", "dhr.predict", *overrides, "trainer=ddp_cpu", f"out_dir={tmp_path / 'two'}",
+                          f"hydra.run.dir={tmp_path / 'p2'}", "callbacks.progress_bar.terminal=false"],
+                         capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert one["written"] == 8 and "wrote 8 label PNGs" in (tmp_path / "p2" / "predict.log").read_text()
+    pngs = sorted((tmp_path / "one").glob("*.png"))
+    assert [p.name for p in pngs] == sorted(p.name for p in (tmp_path / "two").glob("*.png"))
+    assert all(p.read_bytes() == (tmp_path / "two" / p.name).read_bytes() for p in pngs)  # eval mode: the same maps
+    manifest = __import__("json").loads((tmp_path / "two" / ".predict.json").read_text())
+    assert manifest.get("finished")  # rank 0 marked the folder finished, after both ranks wrote
