@@ -43,6 +43,24 @@ def untagged_ids(gt_dir: Path, ids: list[str]) -> set[str]:
     return {i for i in ids if not read_xml_names(xml_dir / f"{i}.xml")}
 
 
+def check_class_file(gt_dir: Path, info: Any) -> None:
+    """The class file of the dataset the GT belongs to (``{DATA}/{DATA}.json``, two folders up) must list
+    ``dataset=``'s classes: else every class name and count in the table would be another dataset's."""
+    import json
+
+    from dhr.errors import DHRError
+
+    root = gt_dir.parent.parent
+    path = root / f"{root.name}.json"
+    try:
+        names = json.loads(path.read_text())["names"] if path.is_file() else None
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return  # not a class file of ours
+    if names is not None and tuple(names) != tuple(info.classes):
+        raise DHRError(f"gt={gt_dir}: its dataset's class file {path} lists {len(names)} classes ({', '.join(names[:4])}, ...) "
+                       f"but dataset={info.name} has {info.num_classes}; pass the dataset= of these masks")
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate and report; returns the JSON-able result (exit status is the caller's job)."""
     from dhr.data.layout import DatasetInfo
@@ -56,6 +74,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         ensure_dataset(cfg.paths.data_root, OmegaConf.to_container(cfg.dataset, resolve=True))
     info = DatasetInfo.from_cfg(cfg.dataset)
     pred_dir, gt_dir = resolve_folders(cfg, info, Path(cfg.paths.data_root))
+    check_class_file(gt_dir, info)
     mode = str(cfg.skip_background_only).lower()
     skip_bg = {"auto": not info.eval_background_only, "true": True, "false": False}.get(mode)
     if skip_bg is None:

@@ -50,6 +50,10 @@ def load_teacher(ckpt: str | Path, backbone_cfg: dict[str, Any], num_queries: in
         head_state = {k.removeprefix("head_ema."): v for k, v in state["decoder"].items()}
         codebook = state["codebook"]
     elif "state_dict" in state:
+        if "codebook" not in state["state_dict"] or not any(k.startswith("head_ema.") for k in state["state_dict"]):
+            tag = state.get("dhr_module", "not a CAUSE module")
+            raise DHRError(f"ckpt={path}: a checkpoint of {tag}, not of CAUSE; pass the head or probe checkpoint "
+                           "of a model=cause run (<run>/checkpoints/head/last.ckpt) or an official CAUSE_<DATA>.pt")
         head_state = {k.removeprefix("head_ema."): v for k, v in state["state_dict"].items() if k.startswith("head_ema.")}
         codebook = state["state_dict"]["codebook"]
     else:

@@ -22,9 +22,10 @@ def test_help_lists_groups_without_importing_torch():
     assert "synthetic" in out and "voc" in out and "python -m dhr.evaluate" in out
 
 
-def test_unknown_dataset_option_is_a_clear_hydra_error():
-    res = subprocess.run([sys.executable, "-m", "dhr.train", "dataset=vocc"], capture_output=True, text=True, cwd=REPO)
-    assert res.returncode != 0 and "Could not find 'dataset/vocc'" in res.stderr
+def test_unknown_dataset_option_or_key_is_a_clear_hydra_error_with_exit_2():
+    for arg, message in (("dataset=vocc", "Could not find 'dataset/vocc'"), ("recipe.lrr=0.1", "Could not override 'recipe.lrr'")):
+        res = subprocess.run([sys.executable, "-m", "dhr.train", arg], capture_output=True, text=True, cwd=REPO)
+        assert res.returncode == 2 and message in res.stderr
 
 
 def test_bad_input_exits_2_with_one_line_error(tmp_path):
@@ -41,15 +42,25 @@ def test_bad_input_exits_2_with_one_line_error(tmp_path):
     ("dhr.train", ["debug=fdr", "recipe.max_epochs=abc"], "trainer.max_epochs='abc': use a whole number"),
     ("dhr.train", ["trainer.limit_val_batches=lots"], "trainer.limit_val_batches='lots'"),
     ("dhr.predict", [], "ckpt is required: add ckpt=... to the command"),
-], ids=["corrupt-ckpt", "state-dict-not-ckpt", "max-epochs", "max-epochs-fdr", "limit-batches", "predict-no-ckpt"])
+    ("dhr.train", ["data.num_workers=abc"], "data: invalid literal for int() with base 10: 'abc'; check the values given under data"),
+    ("dhr.train", ["trainer.accelerator=tpu"], "check the values given under trainer"),
+    ("dhr.train", ["recipe.batch_size=-4"], "data.batch_size=-4, data.val_batch_size=8: use whole numbers >= 1"),
+    ("dhr.train", ["recipe.batch_size=64"], "data.batch_size=64 (recipe.batch_size) is more than the 24 training images"),
+    ("dhr.train", ["backbone.weights={garbage}"], "not a readable weights file (the file is truncated or not a PyTorch file)"),
+    ("dhr.features", ["ckpt={plain_ckpt}"], "not of CAUSE; pass the head or probe checkpoint"),
+], ids=["corrupt-ckpt", "state-dict-not-ckpt", "max-epochs", "max-epochs-fdr", "limit-batches", "predict-no-ckpt",
+        "workers-abc", "trainer-refused", "batch-negative", "batch-too-big", "weights-garbage", "features-not-cause"])
 def test_config_and_checkpoint_mistakes_exit_2_naming_the_key_or_file(tmp_path, synth_root, entry, args, message):
     import torch
 
     (tmp_path / "garbage.ckpt").write_text("not a checkpoint\n")
     torch.save({"net.weight": torch.zeros(2)}, tmp_path / "plain.pt")
-    args = [a.format(garbage=tmp_path / "garbage.ckpt", plain=tmp_path / "plain.pt") for a in args]
+    torch.save({"state_dict": {"net.weight": torch.zeros(2)}, "dhr_module": "dhr.modules.segmentation.SegmentationModule"},
+               tmp_path / "seg.ckpt")
+    args = [a.format(garbage=tmp_path / "garbage.ckpt", plain=tmp_path / "plain.pt", plain_ckpt=tmp_path / "seg.ckpt")
+            for a in args]
     overrides = [o for o in tiny_train_overrides(synth_root) if not o.startswith("~callbacks")] if entry == "dhr.train" \
-        else [f"paths.data_root={synth_root}"]
+        else [f"paths.data_root={synth_root}", "dataset.generate=null"]
     res = subprocess.run([sys.executable, "-m", entry, *overrides, *args, f"hydra.run.dir={tmp_path / 'run'}"],
                          capture_output=True, text=True, cwd=REPO, timeout=300)
     assert res.returncode == 2, res.stderr[-2000:]

@@ -92,6 +92,13 @@ def test_seeds_and_uss_features_are_checked(voc_tree, tmp_path):
     assert split["seeds"] == 3 and split["features"] == 4
     errors = "\n".join(split["errors"])
     assert "no seed for image f.jpg" in errors and errors.count("USS features are") == 1 and "b.pt" in errors
+    # without uss_dim the first file sets the channels: a file of another export (5-d) is found before training
+    first = sorted(feats.glob("*.pt"))[0]
+    other = next(p for p in sorted(feats.glob("*.pt")) if p.stem not in (first.stem, "b"))
+    torch.save(torch.zeros(5, *torch.load(other, weights_only=True).shape[1:], dtype=torch.float16), other)
+    out = doctor("dataset=voc", f"paths.data_root={voc_tree}", "uss=CAUSE", "splits=[train]")
+    errors = "\n".join(out["splits"][0]["errors"])
+    assert f"{other.name}: USS features are (5," in errors and errors.count("USS features are") == 2
 
 
 @pytest.mark.slow

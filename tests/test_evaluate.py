@@ -181,3 +181,19 @@ def test_coco_sample_scored_against_itself(tmp_path):
     shutil.copytree(gt, pred)
     out = run(eval_cfg(tmp_path, f"pred={pred}", f"gt={gt}", "dataset=coco"))
     assert out["evaluated"] == 128 and out["mIoU"] == 100.0  # COCO keeps its 2 background-only images
+
+
+def test_a_dataset_mask_folder_given_as_pred_and_another_dataset_are_caught(tmp_path, synth_root, caplog):
+    import logging
+
+    gt = synth_root / "SYNTH" / "validation" / "mask"
+    preds = tmp_path / "preds"  # a prediction folder: the GT shifted by one class, no 255 anywhere (nothing to sniff)
+    preds.mkdir()
+    for path in sorted(gt.glob("*.png")):
+        save_label_png(preds / path.name, (read_label_png(path) + 1) % 9, make_palette("voc", 9))
+    with caplog.at_level(logging.WARNING, logger="dhr.evaluate"):
+        run(eval_cfg(tmp_path, f"paths.data_root={synth_root}", f"pred={gt}", f"gt={preds}", "fix=true",
+                     "dataset.generate=null"))
+    assert "is a dataset's ground-truth folder (beside image/)" in caplog.text and "look swapped" in caplog.text
+    with pytest.raises(DHRError, match=r"SYNTH.json lists 9 classes .* but dataset=VOC2012 has 21; pass the dataset= of"):
+        run(eval_cfg(tmp_path, f"pred={preds}", f"gt={gt}", "fix=true", "dataset=voc"))

@@ -64,6 +64,9 @@ class SegmentationDataModule(pl.LightningDataModule):
             raise DHRError(f"data.masks={masks!r}: use gt (GT masks), none (tags only) or seeds (with wss=...)")
         self.masks, self.seeds_dir = masks, seeds_dir
         self.batch_size, self.val_batch_size = int(batch_size), int(val_batch_size)
+        if self.batch_size < 1 or self.val_batch_size < 1:
+            raise DHRError(f"data.batch_size={batch_size}, data.val_batch_size={val_batch_size}: use whole numbers >= 1 "
+                           "(recipe.batch_size sets the training batch)")
         self.num_workers = min(int(num_workers), os.cpu_count() or 1)
         self.crop_size, self.resize_long, self.flip, self.jitter = int(crop_size), list(resize_long), flip, jitter
         if validate not in ("full", "quick", "off"):
@@ -101,7 +104,9 @@ class SegmentationDataModule(pl.LightningDataModule):
                            "wss.path=DIR (CAM seeds: python -m dhr.predict model=cam ckpt=... split=train)")
         folder = Path(self.seeds_dir)
         if not folder.is_dir():
-            raise DHRError(f"data.seeds_dir={folder}: folder of seed masks not found; make the seeds first or fix wss.path")
+            raise DHRError(f"data.seeds_dir={folder}: folder of seed masks not found; make them (CAM seeds: "
+                           "python -m dhr.predict model=cam ckpt=<CAM run>/checkpoints/last.ckpt split=train, "
+                           "or the whole chain: python -m dhr.pipeline) or point wss.path at your seed PNGs")
         return folder
 
     def _check(self, split: str, mask_dir: Path | None, tags: bool) -> list[str]:
@@ -154,6 +159,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         log.warning("data.on_error=skip: leaving out %d image(s) with problems:\n  %s%s", bad, listed, more)
 
     def setup(self, stage: str | None = None) -> None:
+        self.layout.check_class_json()  # a class file beside the data that contradicts dataset=
         if stage in (None, "fit") and self.data_train is None:
             world = self.trainer.world_size if self.trainer is not None else 1
             if self.batch_size % world:
@@ -252,7 +258,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         assert self.data_train is not None, "call setup('fit') first"
         rank, world = self._world()
         if len(self.data_train) < self.batch_size:
-            raise DHRError(f"{len(self.data_train)} training images but a global batch of {self.batch_size}")
+            raise DHRError(f"data.batch_size={self.batch_size} (recipe.batch_size) is more than the {len(self.data_train)} "
+                           f"training images; lower it")
         sampler = self.train_sampler
         if sampler is None or (sampler.n, sampler.rank, sampler.world) != (len(self.data_train), rank, world):
             sampler = self.train_sampler = EpochShuffle(len(self.data_train), self.seed, batch_size=self.batch_size,

@@ -155,6 +155,8 @@ def check_split(layout: DatasetLayout, split: str, *, seeds_dir: Path | None = N
             errors += _check_feature(feats.get(stem), feature_dir, image.name, (height, width), uss_patch, uss_dim)
         return errors, present, counts, tags
 
+    if feature_dir is not None and uss_dim is None:
+        uss_dim = _first_dim(feats)  # every feature file must have the channels of the first
     bar = Progress(len(images), f"doctor {info.name}/{split}") if progress else None
     with ThreadPoolExecutor(max_workers=workers or min(8, os.cpu_count() or 1)) as pool:
         for stem, (errors, present, counts, tags) in zip(images, pool.map(check, list(images)), strict=True):
@@ -176,7 +178,7 @@ def check_split(layout: DatasetLayout, split: str, *, seeds_dir: Path | None = N
     rep.seeds = len(set(seeds) & set(images))
     rep.features = len(set(feats) & set(images))
     if rep.untagged:
-        rep.warnings.append(f"{d}: {rep.untagged} image(s) have no tag (no <object>): training drops them")
+        rep.warnings.append(f"{d}: {rep.untagged} image(s) have no tag (no <object>): tag-trained models (CAM, DHR) leave them out")
     labelled = pixels[: info.num_classes].sum()
     for c, name in enumerate(info.classes):
         if class_images[c]:
@@ -198,10 +200,25 @@ def _json_tags(path: Path, rep: SplitReport) -> dict[str, tuple[int, ...]] | Non
         return None
 
 
+def _first_dim(feats: dict[str, list[Path]]) -> int | None:
+    """The channel count of the first readable feature file (None when none is)."""
+    import torch
+
+    for stem in sorted(feats):
+        try:
+            feat = torch.load(feats[stem][0], map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - unreadable files are reported one by one
+            continue
+        if isinstance(feat, torch.Tensor) and feat.ndim == 3:
+            return int(feat.shape[0])
+    return None
+
+
 def _check_feature(paths: list[Path] | None, folder: Path, image_name: str, hw: tuple[int, int], patch: int,
                    dim: int | None) -> list[str]:
     if not paths:
-        return [f"{folder}: no USS features for image {image_name}"]
+        return [f"{folder}: no USS features for image {image_name} (export them: python -m dhr.features "
+                f"ckpt=<CAUSE ckpt> split=<this split>)"]
     from dhr.data.uss import load_uss
 
     try:

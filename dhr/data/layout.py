@@ -213,10 +213,10 @@ class DatasetLayout:
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise DHRError(f"{path}: expected {{'names': [...], 'ignore': 255}} ({err})") from None
         if tuple(names) != self.info.classes:
-            raise DHRError(
-                f"{path}: its {len(names)} class names differ from dataset.classes "
-                f"({self.info.num_classes}); pick the dataset config matching this data"
-            )
+            first = next((f"{a!r} where dataset.classes has {b!r}" for a, b in zip(names, self.info.classes) if a != b),
+                         f"{len(names)} names where dataset.classes has {self.info.num_classes}")
+            raise DHRError(f"{path}: its class names differ from dataset.classes of {self.info.name} ({first}); "
+                           "pick the dataset config matching this data")
 
     def validate(self, split: str, *, masks: bool = True, tags: bool = False,
                  mask_dir: Path | None = None, workers: int | None = None) -> list[str]:

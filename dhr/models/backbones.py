@@ -20,6 +20,7 @@ from torch import nn
 
 from dhr.errors import DHRError
 from dhr.models.pretrained import resolve_pretrained
+from dhr.utils.checkpoint import load_problem
 from dhr.utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
 RESNET_OUT_INDICES = (1, 2, 3, 4)  # C2 (stride 4), C3, C4, C5
@@ -64,6 +65,9 @@ def create_backbone(
     except RuntimeError as err:
         if "Unknown model" in str(err):
             raise DHRError(f"backbone.name={name!r}: timm has no such model") from None
+        if weights and ("weights_only" in str(err) or "PytorchStreamReader" in str(err)):
+            raise DHRError(f"backbone.weights={weights}: not a readable weights file ({load_problem(err)}); "
+                           "give a .pth/.safetensors state dict of this architecture") from None
         if weights:
             raise DHRError(
                 f"backbone.weights={weights}: its keys or shapes do not fit timm {name!r} ({str(err).splitlines()[0]}); "

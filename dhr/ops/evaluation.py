@@ -105,6 +105,16 @@ def folder_mix_ups(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, ids: 
         gt_ignore += int((gt == ignore_index).sum())
         pixels += pred.size
     warnings = []
+
+    def dataset_mask_folder(folder: str | os.PathLike) -> bool:
+        return os.path.basename(os.path.normpath(folder)) == "mask" and os.path.isdir(
+            os.path.join(os.path.dirname(os.path.normpath(folder)), "image"))
+
+    if dataset_mask_folder(pred_dir) and not dataset_mask_folder(gt_dir):
+        warnings.append(f"pred={pred_dir} is a dataset's ground-truth folder (beside image/) and gt={gt_dir} is not: "
+                        "pred= and gt= look swapped (FPR and FNR exchange)")
+    elif dataset_mask_folder(pred_dir):
+        warnings.append(f"pred={pred_dir} is a dataset's ground-truth folder (beside image/): is pred= the GT?")
     if pairs and same == pairs:
         warnings.append(f"the predictions in {pred_dir} equal the GT in {gt_dir} on all {pairs} sampled images: "
                         "is pred= the GT folder? (the scores below are GT against itself)")

@@ -16,27 +16,40 @@ def worker_message(text: str) -> str:
     return text
 
 
-def run_or_exit(fn: Callable[[Any], T], cfg: Any) -> T:
-    """Call ``fn(cfg)``; a :class:`~dhr.errors.DHRError` or a required key left unset prints
-    ``error: ...`` and exits 2 (no traceback)."""
+def user_error(err: BaseException) -> str | None:
+    """The one-line message of a user mistake (bad value, unset key, refused config), else None (a bug)."""
+    import re
+
     from hydra.errors import InstantiationException
     from omegaconf.errors import MissingMandatoryValue
 
     from dhr.errors import DHRError
 
+    if isinstance(err, DHRError):
+        return worker_message(str(err))
+    if isinstance(err, MissingMandatoryValue):  # a ??? key the command did not set
+        return f"{err.full_key} is required: add {err.full_key}=... to the command"
+    if isinstance(err, InstantiationException):  # a config value refused by a constructor
+        cause = err.__cause__
+        if isinstance(cause, DHRError):
+            return str(cause)
+        if isinstance(cause, (ValueError, TypeError, ImportError)) or type(cause).__name__ == "MisconfigurationException":
+            found = re.search(r"full_key: (\S+)", str(err))
+            node = found.group(1) if found else "the config"
+            return f"{node}: {cause}; check the values given under {node} (--cfg job prints them)"
+    return None
+
+
+def run_or_exit(fn: Callable[[Any], T], cfg: Any) -> T:
+    """Call ``fn(cfg)``; a user mistake (:func:`user_error`) prints ``error: ...`` and exits 2 (no traceback)."""
     try:
         return fn(cfg)
-    except DHRError as err:
-        print(f"error: {worker_message(str(err))}", file=sys.stderr)
+    except Exception as err:
+        message = user_error(err)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
-    except MissingMandatoryValue as err:  # a ??? key the command did not set
-        print(f"error: {err.full_key} is required: add {err.full_key}=... to the command", file=sys.stderr)
-        sys.exit(2)
-    except InstantiationException as err:  # a config value refused by a constructor: the same user error
-        if isinstance(err.__cause__, DHRError):
-            print(f"error: {err.__cause__}", file=sys.stderr)
-            sys.exit(2)
-        raise
 
 
 def hydra_entry(config_name: str, run: Callable[[Any], Any], returns: Callable[[Any], Any] | None = None) -> Callable[[], Any]:
@@ -48,12 +61,24 @@ def hydra_entry(config_name: str, run: Callable[[Any], Any], returns: Callable[[
 
     from dhr.conf_path import CONFIG_DIR
 
+    started = False
+
     @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name=config_name)
     def _main(cfg: Any) -> Any:
+        nonlocal started
+        started = True
         out = run_or_exit(run, cfg)
         return returns(out) if returns is not None else None
 
-    return _main
+    def entry() -> Any:
+        try:
+            return _main()
+        except SystemExit as exit_:
+            if exit_.code == 1 and not started:  # Hydra refused the command line (unknown key or option)
+                raise SystemExit(2) from None
+            raise
+
+    return entry
 
 
 def compose_config(config_name: str, overrides: list[str]) -> Any:
@@ -79,8 +104,6 @@ def plain_main(config_name: str, run: Callable[[Any], T], usage: str, argv: list
 
     from omegaconf import OmegaConf
 
-    from dhr.errors import DHRError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--help" in argv or "-h" in argv:
         print(usage)
@@ -94,11 +117,11 @@ def plain_main(config_name: str, run: Callable[[Any], T], usage: str, argv: list
             return None
         logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
         return run(cfg)
-    except DHRError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
     except Exception as err:
-        if type(err).__module__.startswith(("hydra", "omegaconf")):
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
-        raise
+        message = user_error(err)
+        if message is None and type(err).__module__.startswith(("hydra", "omegaconf")):
+            message = str(err)  # composition: unknown key or group option
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
