@@ -213,7 +213,7 @@ class DatasetLayout:
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise DHRError(f"{path}: expected {{'names': [...], 'ignore': 255}} ({err})") from None
         if tuple(names) != self.info.classes:
-            first = next((f"{a!r} where dataset.classes has {b!r}" for a, b in zip(names, self.info.classes) if a != b),
+            first = next((f"{a!r} where dataset.classes has {b!r}" for a, b in zip(names, self.info.classes, strict=False) if a != b),
                          f"{len(names)} names where dataset.classes has {self.info.num_classes}")
             raise DHRError(f"{path}: its class names differ from dataset.classes of {self.info.name} ({first}); "
                            "pick the dataset config matching this data")
