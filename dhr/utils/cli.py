@@ -36,8 +36,21 @@ def user_error(err: BaseException) -> str | None:
         if isinstance(cause, (ValueError, TypeError, ImportError)) or type(cause).__name__ == "MisconfigurationException":
             found = re.search(r"full_key: (\S+)", str(err))
             node = found.group(1) if found else "the config"
-            return f"{node}: {cause}; check the values given under {node} (--cfg job prints them)"
+            given = [o for o in _command_overrides() if o.lstrip("+~").split("=")[0] == node or
+                     o.lstrip("+~").startswith(node + ".")]
+            what = f"check {' '.join(given)}" if given else f"check the values under {node} (--cfg job prints them)"
+            return f"{node}: {cause}; {what}"
     return None
+
+
+def _command_overrides() -> list[str]:
+    """The key=value overrides of this Hydra run's command line (empty outside a Hydra run)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:  # no Hydra run (plain_main, tests)
+        return []
 
 
 def run_or_exit(fn: Callable[[Any], T], cfg: Any) -> T:
