@@ -39,6 +39,8 @@ def user_error(err: BaseException) -> str | None:
             given = [o for o in _command_overrides() if o.lstrip("+~").split("=")[0] == node or
                      o.lstrip("+~").startswith(node + ".")]
             what = f"check {' '.join(given)}" if given else f"check the values under {node} (--cfg job prints them)"
+            if node == "trainer" and "backend found" in str(cause):
+                what += " (without that device: trainer=cpu or trainer.accelerator=cpu)"
             return f"{node}: {cause}; {what}"
     return None
 
