@@ -42,7 +42,7 @@ def test_bad_input_exits_2_with_one_line_error(tmp_path):
     ("dhr.train", ["debug=fdr", "recipe.max_epochs=abc"], "trainer.max_epochs='abc': use a whole number"),
     ("dhr.train", ["trainer.limit_val_batches=lots"], "trainer.limit_val_batches='lots'"),
     ("dhr.predict", [], "ckpt is required: add ckpt=... to the command"),
-    ("dhr.train", ["data.num_workers=abc"], "data: invalid literal for int() with base 10: 'abc'; check data.num_workers=abc"),
+    ("dhr.train", ["data.num_workers=abc"], "data: a number was expected, not 'abc'; check data.num_workers=abc"),
     ("dhr.train", ["trainer.accelerator=tpu"], "trainer.enable_model_summary=false trainer.accelerator=tpu"),
     ("dhr.train", ["recipe.batch_size=-4"], "data.batch_size=-4, data.val_batch_size=8: use whole numbers >= 1"),
     ("dhr.train", ["recipe.batch_size=64"], "data.batch_size=64 (recipe.batch_size) is more than the 24 training images"),

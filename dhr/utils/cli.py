@@ -39,9 +39,13 @@ def user_error(err: BaseException) -> str | None:
             given = [o for o in _command_overrides() if o.lstrip("+~").split("=")[0] == node or
                      o.lstrip("+~").startswith(node + ".")]
             what = f"check {' '.join(given)}" if given else f"check the values under {node} (--cfg job prints them)"
-            if node == "trainer" and "backend found" in str(cause):
+            text = str(cause)
+            number = re.match(r"(?:invalid literal for int\(\) with base 10|could not convert string to float): (.+)", text)
+            if number:
+                text = f"a number was expected, not {number.group(1)}"
+            if node == "trainer" and "backend found" in text:
                 what += " (without that device: trainer=cpu or trainer.accelerator=cpu)"
-            return f"{node}: {cause}; {what}"
+            return f"{node}: {text}; {what}"
     return None
 
 
