@@ -19,7 +19,6 @@ class PaletteWriter(BasePredictionWriter):
         super().__init__(write_interval="batch")
         self.out_dirs = {k: Path(v) for k, v in (out_dirs or {"label": Path(out_dir)}).items()}
         self.palette = palette
-        self.written = 0
 
     def write_on_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, prediction: Any,
                            batch_indices: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -27,4 +26,3 @@ class PaletteWriter(BasePredictionWriter):
             for image_id, label, hw in zip(prediction["id"], prediction[key], batch["orig_hw"], strict=True):
                 h, w = int(hw[0]), int(hw[1])
                 save_label_png(folder / f"{image_id}.png", label[:h, :w].numpy(), self.palette)
-        self.written += len(prediction["id"])
