@@ -161,6 +161,9 @@ def run(cfg: DictConfig) -> dict[str, int]:
     shard, num_shards = shard_of(cfg)
     paths = layout.image_paths(cfg.split)
     mine = dict(list(paths.items())[shard::num_shards])
+    if num_shards > 1:  # under an sbatch with several tasks but one plain python, say so: the rest stays missing
+        log.info("shard %d of %d (shard / num_shards, or the launcher's rank and size): %d of the %d images; "
+                 "pass num_shards=1 to export all in this process", shard, num_shards, len(mine), len(paths))
     written = skipped = 0
     from dhr.utils.progress import track
 
