@@ -115,7 +115,10 @@ def test_corrupt_mask_and_image(tmp_path):
 def test_class_json_must_match_config(tmp_path):
     layout = make_tree(tmp_path)
     (layout.root / "VOC2012.json").write_text(json.dumps({"names": ["background", "cat"], "ignore": 255}))
-    with pytest.raises(DHRError, match="VOC2012.json: its 2 class names differ"):
+    with pytest.raises(DHRError, match=r"VOC2012.json: its class names differ .*\('cat' where dataset.classes has 'aeroplane'\)"):
+        layout.validate("train")
+    (layout.root / "VOC2012.json").write_text(json.dumps({"names": list(layout.info.classes[:3]), "ignore": 255}))
+    with pytest.raises(DHRError, match="VOC2012.json: its class names differ .*3 names where dataset.classes has 21"):
         layout.validate("train")
 
 
