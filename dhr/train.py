@@ -54,19 +54,27 @@ def check_trainer_values(trainer: DictConfig) -> None:
             raise DHRError(f"trainer.{key}={value!r}: use a batch count (int) or a fraction of the batches (float)")
 
 
-def submitit_plugins(trainer_cfg: DictConfig) -> dict[str, Any]:
-    """Under ``hydra/launcher=slurm`` submitit requeues a pre-empted job (which then resumes its own
-    ``last.ckpt`` with ``ckpt_path=last``); Lightning's own SLURM auto-requeue would requeue it a
-    second time, so it is switched off there."""
+def trainer_plugins(trainer_cfg: DictConfig) -> dict[str, Any]:
+    """The config's ``trainer.plugins`` and two of ours.
+
+    Checkpoints are written atomically (:class:`~dhr.utils.atomic_checkpoint.AtomicCheckpointIO`)
+    unless the config names its own ``CheckpointIO``. Under ``hydra/launcher=slurm`` submitit
+    requeues a pre-empted job (which then resumes its own ``last.ckpt`` with ``ckpt_path=last``);
+    Lightning's own SLURM auto-requeue would requeue it a second time, so it is switched off there.
+    """
     import os
 
-    if os.environ.get("SUBMITIT_EXECUTOR") != "slurm":
-        return {}
     from hydra.utils import instantiate
     from lightning_fabric.plugins.environments import ClusterEnvironment, SLURMEnvironment
+    from pytorch_lightning.plugins.io import CheckpointIO
+
+    from dhr.utils.atomic_checkpoint import AtomicCheckpointIO
 
     plugins = list(instantiate(trainer_cfg.plugins)) if trainer_cfg.get("plugins") else []
-    if not any(isinstance(plugin, ClusterEnvironment) for plugin in plugins):
+    if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+        plugins.append(AtomicCheckpointIO())
+    on_slurm = os.environ.get("SUBMITIT_EXECUTOR") == "slurm"
+    if on_slurm and not any(isinstance(plugin, ClusterEnvironment) for plugin in plugins):
         plugins.append(SLURMEnvironment(auto_requeue=False))
     return {"plugins": plugins}
 
@@ -98,6 +106,7 @@ def fit_stages(cfg: DictConfig, model: Any, datamodule: Any, loggers: list[Any],
     from hydra.utils import instantiate
     from pytorch_lightning.callbacks import ModelCheckpoint
 
+    from dhr.callbacks.last_checkpoint import LastCheckpoint
     from dhr.utils.checkpoint import check_resumable, model_weights, read_checkpoint
     from dhr.utils.instantiate import instantiate_group
 
@@ -111,7 +120,7 @@ def fit_stages(cfg: DictConfig, model: Any, datamodule: Any, loggers: list[Any],
             model.set_stage(stage)
             stage_dir = output_dir / "checkpoints" / stage
             for cb in callbacks:
-                if isinstance(cb, ModelCheckpoint):
+                if isinstance(cb, (ModelCheckpoint, LastCheckpoint)):
                     cb.dirpath = str(stage_dir)
             overrides["max_epochs"] = int(cfg.stage_epochs[stage])
             resume = cfg.get("ckpt_path") == "last"
@@ -125,7 +134,7 @@ def fit_stages(cfg: DictConfig, model: Any, datamodule: Any, loggers: list[Any],
         if ckpt is not None:
             check_resumable(ckpt, model, "ckpt_path")
         trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides,
-                              **submitit_plugins(cfg.trainer))
+                              **trainer_plugins(cfg.trainer))
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt)
         take_state_of_spawned_ranks(trainer, model, callbacks)
         if stage is not None and trainer.is_global_zero and not trainer.fast_dev_run:
@@ -138,15 +147,14 @@ def take_state_of_spawned_ranks(trainer: Any, model: Any, callbacks: list[Any]) 
     """Under ``ddp_spawn`` (``trainer=ddp_cpu``) the fit ran in child processes: this one holds rank 0's
     weights but its callbacks never ran (an untouched EMA would evaluate the initial network). Take
     weights and the EMA from the last checkpoint rank 0 wrote."""
-    from pytorch_lightning.callbacks import ModelCheckpoint
-
     from dhr.callbacks.ema import EMA
+    from dhr.callbacks.last_checkpoint import LastCheckpoint
     from dhr.utils.checkpoint import read_checkpoint
 
     if trainer.world_size == 1 or getattr(trainer.strategy, "_start_method", "popen") == "popen":
         return
-    saver = next((cb for cb in callbacks if isinstance(cb, ModelCheckpoint) and cb.dirpath), None)
-    last = Path(saver.dirpath) / "last.ckpt" if saver is not None else None
+    saver = next((cb for cb in callbacks if isinstance(cb, LastCheckpoint)), None)
+    last = saver.path if saver is not None else None
     if last is None or not last.is_file():
         log.warning("no last.ckpt of the spawned ranks: evaluating without their EMA")
         return

@@ -81,6 +81,7 @@ def test_ddp_cpu_two_processes_train_and_checkpoint(tmp_path, synth_root):
 
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 3  # each of the 2 processes ran 3 steps of the global batch
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
 
 
 def test_local_submitit_sweep_runs_one_job_per_value(tmp_path, synth_root):

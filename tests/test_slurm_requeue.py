@@ -41,7 +41,7 @@ def test_a_preempted_submitit_job_is_requeued_and_ends_as_the_uninterrupted_run(
     overrides = [o for o in tiny_train_overrides(synth_root)
                  if not o.startswith(("trainer.limit_train_batches", "recipe.max_epochs", "~callbacks"))]
     overrides += ["recipe.max_epochs=2", "evaluate_after_fit=false", "callbacks.progress_bar.terminal=false",
-                  "callbacks.step_checkpoint.every_n_train_steps=2", "ckpt_path=last"]
+                  "callbacks.last_checkpoint.every_n_train_steps=2", "ckpt_path=last"]
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
 
     def run(*args: str, multirun: bool = False) -> subprocess.CompletedProcess:

@@ -241,20 +241,25 @@ def test_cam_baseline_trains_on_tags_and_writes_seeds_with_and_without_crf(tmp_p
         assert set(np.unique(read_label_png(path)).tolist()) <= {0, *tags[path.stem]}, path.name
 
 
-def test_lightning_slurm_auto_requeue_is_off_under_submitit(monkeypatch):
+def test_trainer_plugins_write_checkpoints_atomically_and_turn_slurm_auto_requeue_off_under_submitit(monkeypatch):
     from lightning_fabric.plugins.environments import SLURMEnvironment
     from omegaconf import OmegaConf
 
-    from dhr.train import submitit_plugins
+    from dhr.train import trainer_plugins
+
+    def names(cfg: dict) -> list[str]:
+        return [type(p).__name__ for p in trainer_plugins(OmegaConf.create(cfg))["plugins"]]
 
     monkeypatch.delenv("SUBMITIT_EXECUTOR", raising=False)
-    assert submitit_plugins(OmegaConf.create({})) == {}
+    assert names({}) == ["AtomicCheckpointIO"]
+    theirs = {"_target_": "pytorch_lightning.plugins.io.TorchCheckpointIO"}
+    assert names({"plugins": [theirs]}) == ["TorchCheckpointIO"]  # a CheckpointIO of the config wins
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")  # what submitit exports in its sbatch script
-    plugins = submitit_plugins(OmegaConf.create({}))["plugins"]
-    assert isinstance(plugins[0], SLURMEnvironment) and plugins[0].auto_requeue is False
-    own = submitit_plugins(OmegaConf.create({"plugins": [{"_target_": "dhr.ops.sync_batchnorm.SyncBatchNormAnyDevice"}]}))
-    assert [type(p).__name__ for p in own["plugins"]] == ["SyncBatchNormAnyDevice", "SLURMEnvironment"]  # kept, and added
+    plugins = trainer_plugins(OmegaConf.create({}))["plugins"]
+    assert isinstance(plugins[1], SLURMEnvironment) and plugins[1].auto_requeue is False
+    own = {"plugins": [{"_target_": "dhr.ops.sync_batchnorm.SyncBatchNormAnyDevice"}]}
+    assert names(own) == ["SyncBatchNormAnyDevice", "AtomicCheckpointIO", "SLURMEnvironment"]  # kept, and added
     mine = {"_target_": "lightning_fabric.plugins.environments.SLURMEnvironment", "auto_requeue": True}
-    assert submitit_plugins(OmegaConf.create({"plugins": [mine]}))["plugins"][0].auto_requeue  # the user's environment wins
+    assert trainer_plugins(OmegaConf.create({"plugins": [mine]}))["plugins"][0].auto_requeue  # the user's environment wins
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "local")
-    assert submitit_plugins(OmegaConf.create({})) == {}
+    assert names({}) == ["AtomicCheckpointIO"]

@@ -2,7 +2,7 @@
 # A DHR sweep on Slurm through hydra-submitit-launcher (pip install -e ".[slurm]"): one job per tau,
 # 4 GPUs each. A pre-empted or timed-out job is requeued by submitit (up to
 # hydra.launcher.max_num_timeout times) and, with ckpt_path=last, resumes its own
-# <sweep>/<job>/checkpoints/last.ckpt (written every callbacks.step_checkpoint.every_n_train_steps
+# <sweep>/<job>/checkpoints/last.ckpt (written every callbacks.last_checkpoint.every_n_train_steps
 # steps); Lightning's own SLURM auto-requeue is off under submitit (dhr/train.py).
 #
 #   bash scripts/slurm/dhr_tau_sweep.sh /data /weights/resnet101-5d3b4d8f.pth gpu
