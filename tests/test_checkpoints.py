@@ -88,6 +88,7 @@ def test_a_resumed_run_removes_the_partial_file_of_a_save_that_was_killed(tmp_pa
     (tmp_path / "ck").mkdir()
     partial = tmp_path / "ck" / ".last.ckpt.x1y2.tmp"  # what atomic_write_bytes leaves when killed mid-write
     partial.write_bytes(b"half")
+    (tmp_path / "ck" / ".best.ckpt.a1b2.tmp").write_bytes(b"half")
     other = tmp_path / "ck" / "notes.txt"
     other.write_text("mine")
     fit(tmp_path, [LastCheckpoint(str(tmp_path / "ck"), every_n_train_steps=None)], max_epochs=1)

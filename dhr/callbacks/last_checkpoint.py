@@ -28,7 +28,7 @@ class LastCheckpoint(Checkpoint):
                              "for epoch ends only")
         self.dirpath = str(dirpath)
         self.every_n_train_steps = every_n_train_steps
-        self._saved_at: tuple[int, int] | None = None  # (global step, epoch) of the last save
+        self._saved_step: int | None = None  # global step of the last save
 
     @property
     def path(self) -> Path:
@@ -36,7 +36,7 @@ class LastCheckpoint(Checkpoint):
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # a job killed while saving leaves the temporary sibling of dhr.utils.io.atomic_write_bytes
-        partial = sorted(Path(self.dirpath).glob(f".{FILENAME}.*.tmp")) if trainer.is_global_zero else []
+        partial = sorted(Path(self.dirpath).glob(".*.ckpt.*.tmp")) if trainer.is_global_zero else []
         for path in partial:
             path.unlink(missing_ok=True)
         if partial:
@@ -46,18 +46,18 @@ class LastCheckpoint(Checkpoint):
         if trainer.sanity_checking or trainer.fast_dev_run:
             return
         trainer.save_checkpoint(self.path)  # every rank calls it; rank 0 writes
-        self._saved_at = (trainer.global_step, trainer.current_epoch)
+        self._saved_step = trainer.global_step
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx: int) -> None:
         step = trainer.global_step
         every = self.every_n_train_steps
         last_of_epoch = getattr(trainer.fit_loop.epoch_loop.batch_progress, "is_last_batch", False)
-        if every and step > 0 and step % every == 0 and not last_of_epoch and (self._saved_at or (None,))[0] != step:
+        if every and step > 0 and step % every == 0 and not last_of_epoch and self._saved_step != step:
             self._save(trainer)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._save(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._saved_at is None or self._saved_at[0] != trainer.global_step:
+        if self._saved_step != trainer.global_step:
             self._save(trainer)  # stopped inside an epoch (max_steps, limit reached)
