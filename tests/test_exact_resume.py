@@ -39,6 +39,21 @@ def last_val(run_dir) -> list[str]:
     return [r["val/mIoU"] for r in rows if r.get("val/mIoU")]
 
 
+def resume_and_compare(tmp_path, overrides: list[str]) -> None:
+    """Resume the run killed at step 9 (checkpoint of step 8): it ends as the uninterrupted one, bit for bit."""
+    partial = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert partial["global_step"] == 8
+    resumed = train(tmp_path, "resumed", overrides, "ckpt_path=last")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a = torch.load(tmp_path / "whole" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert a["global_step"] == b["global_step"] == 12
+    for key in ("state_dict", "ema_state_dict"):
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs"
+    assert last_val(tmp_path / "whole")[-1] == last_val(tmp_path / "resumed")[-1]
+
+
 @pytest.mark.parametrize("workers", [0, 1])
 def test_a_killed_and_resumed_run_ends_exactly_as_the_uninterrupted_one(tmp_path, synth_root, workers):
     (tmp_path / "killer.py").write_text(KILLER)
@@ -51,17 +66,7 @@ def test_a_killed_and_resumed_run_ends_exactly_as_the_uninterrupted_one(tmp_path
     assert sorted(p.name for p in (tmp_path / "whole" / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
     killed = train(tmp_path, "resumed", overrides, "+callbacks.killer._target_=killer.KillAt", "+callbacks.killer.step=9")
     assert killed.returncode == -9  # killed in epoch 2, one step after the mid-epoch checkpoint of step 8
-    partial = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert partial["global_step"] == 8
-    resumed = train(tmp_path, "resumed", overrides, "ckpt_path=last")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    a = torch.load(tmp_path / "whole" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    b = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert a["global_step"] == b["global_step"] == 12
-    for key in ("state_dict", "ema_state_dict"):
-        for name, tensor in a[key].items():
-            assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs"
-    assert last_val(tmp_path / "whole")[-1] == last_val(tmp_path / "resumed")[-1]
+    resume_and_compare(tmp_path, overrides)
     log = (tmp_path / "resumed" / "train.log").read_text()
     assert log.count("Seed set") == 2 and "Restoring states from the checkpoint" in log  # one log, appended
 
@@ -94,14 +99,4 @@ def test_a_killed_and_resumed_ddp_run_ends_exactly_as_the_uninterrupted_ddp_run(
                             capture_output=True, text=True, cwd=REPO, timeout=600, start_new_session=True,
                             env={**__import__("os").environ, "PYTHONPATH": str(tmp_path)})
     assert killed.returncode == -9, killed.stderr[-3000:]
-    partial = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert partial["global_step"] == 8
-    resumed = train(tmp_path, "resumed", overrides, "ckpt_path=last")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    a = torch.load(tmp_path / "whole" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    b = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert a["global_step"] == b["global_step"] == 12
-    for key in ("state_dict", "ema_state_dict"):
-        for name, tensor in a[key].items():
-            assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs"
-    assert last_val(tmp_path / "whole")[-1] == last_val(tmp_path / "resumed")[-1]
+    resume_and_compare(tmp_path, overrides)
