@@ -1,4 +1,10 @@
-"""Shared fixtures: tiny generated datasets and in-process config composition."""
+"""Shared fixtures: tiny generated datasets, in-process config composition and command lines, and the
+tiny models trained once per session that many tests read.
+
+Every training test runs timm's ``test_resnet`` (0.37 M parameters) with narrow heads: a checkpoint
+is about 1 MB. A session fixture's run folder is shared: a test that changes a run works on a copy
+(:func:`copy_run`).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,15 @@ if "DHR_CACHE_DIR" not in os.environ:  # the data-check markers of this test ses
 
     os.environ["DHR_CACHE_DIR"] = tempfile.mkdtemp(prefix="dhr-test-cache-")
 
+import contextlib  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import traceback  # noqa: E402
+from dataclasses import dataclass, field  # noqa: E402
+from typing import Any  # noqa: E402
+
 import pytest  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.core.global_hydra import GlobalHydra  # noqa: E402
@@ -22,6 +37,7 @@ from dhr.conf_path import CONFIG_DIR  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 TINY_SYNTH = {"num_train": 24, "num_val": 8, "min_size": 56, "max_size": 72, "seed": 0}
+GENERATE = "dataset.generate={" + ",".join(f"{k}:{v}" for k, v in TINY_SYNTH.items()) + "}"
 
 
 @pytest.fixture(scope="session")
@@ -42,37 +58,71 @@ def compose_cfg(config_name: str, overrides: list[str], output_dir: Path) -> Dic
     return compose_run(config_name, overrides, output_dir)
 
 
-# The end-to-end tests run on the CPU; DHR_TEST_ACCELERATOR=gpu runs them on a GPU (device check).
+# The end-to-end tests run on the CPU; DHR_TEST_ACCELERATOR=gpu runs them on a GPU (make gpu-check).
 TEST_ACCELERATOR = os.environ.get("DHR_TEST_ACCELERATOR", "cpu")
+TEST_PRECISION = os.environ.get("DHR_TEST_PRECISION")  # e.g. 16-mixed on a GPU
+
+TINY_HEADS = ("model.aspp_channels=16", "model.low_level_channels=8", "model.decoder_channels=16")
 
 
 def tiny_train_overrides(data_root: Path) -> list[str]:
-    """Overrides that make dhr.train run in seconds on the tiny synthetic set."""
-    gen = ",".join(f"{k}:{v}" for k, v in TINY_SYNTH.items())
+    """Overrides that make dhr.train run in a second or two on the tiny synthetic set."""
     return [
         f"paths.data_root={data_root}",
-        f"dataset.generate={{{gen}}}",
+        GENERATE,
+        "backbone=test_resnet",
         "recipe.crop_size=48",
         "recipe.resize_long=[40,64]",
         "recipe.batch_size=4",
         "recipe.num_workers=0",
         "recipe.max_epochs=1",
         "recipe.val_every=1",
-        "model.aspp_channels=16",
-        "model.low_level_channels=8",
+        *TINY_HEADS,
         "trainer.limit_train_batches=3",
         "trainer.limit_val_batches=2",
         f"trainer.accelerator={TEST_ACCELERATOR}",
+        *([f"trainer.precision={TEST_PRECISION}"] if TEST_PRECISION else []),
         "trainer.enable_model_summary=false",
         "infer.scales=[1.0,0.5]",
         "~callbacks.progress_bar",
     ]
 
 
+# trainer=ddp_cpu (2 gloo processes) with forked ranks: the DDP arithmetic of trainer=ddp_cpu in a second or two,
+# where spawned ranks re-import torch and Lightning (~5 s each). The spawned ranks users run are proven by the
+# SIGKILL-and-resume test of tests/test_exact_resume.py, which runs trainer=ddp_cpu as it is.
+DDP_FORK = ("trainer=ddp_cpu", "trainer.strategy=ddp_fork")
+
+
+def without(overrides: list[str], *prefixes: str) -> list[str]:
+    """``overrides`` minus those starting with any of ``prefixes`` (e.g. the DeepLab heads for model=cam)."""
+    return [o for o in overrides if not o.startswith(prefixes)]
+
+
+# CAUSE on the tiny set: a 1-block 16-d ViT, one epoch per stage (the uss stage of the tiny pipeline too)
+TINY_CAUSE = ["experiment=synthetic_cause", "model.eval_crf=false", "backbone.embed_dim=16", "backbone.depth=1",
+              "model.num_concepts=16", "model.reduced_dim=8", "model.projection_dim=16", "model.ffn_dim=16",
+              "model.resolution=64", "model.bank_length=4", "data.batch_size=4", "data.num_workers=0",
+              "model.report_kmeans_seeds=1", "stage_epochs={clusterbook:1,head:1,probe:1}"]
+
+
+def tiny_cause_overrides(data_root: Path) -> list[str]:
+    """``dhr.train model=cause`` on the tiny set (no CRF in its evaluation)."""
+    return [*without(tiny_train_overrides(data_root), "model.", "infer.", "backbone="), "model=cause",
+            *without(TINY_CAUSE, "experiment=")]
+
+
 @pytest.fixture(autouse=True)
 def _clear_hydra():
     yield
     GlobalHydra.instance().clear()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_ddp_port(monkeypatch):
+    """An in-process DDP fit leaves MASTER_PORT set: the next one must pick a free port of its own."""
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
 
 
 def model_node(option: str, overrides: list[str] | None = None) -> dict:
@@ -94,23 +144,21 @@ def model_hparams(option: str, overrides: list[str] | None = None, **replace) ->
     return {**node, **replace}
 
 
-@pytest.fixture(scope="session")
-def dhr_inputs(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Erased-minor seeds and random 6-d 'USS' maps of the exporter's shape (patch 8)."""
-    import json
-
+def make_dhr_inputs(data_root: Path, wss_root: Path) -> tuple[Path, Path]:
+    """Erased-minor seeds in ``wss_root/SYNTH/ERASED/train`` and random 6-d 'USS' maps of the exporter's
+    shape (patch 8) in ``data_root/SYNTH/train/CAUSE_TEST``."""
     import torch
 
     from dhr.data.synthetic import write_erased_seeds
     from dhr.data.uss import feature_grid
     from dhr.utils.io import read_rgb
-    wss = tmp_path_factory.mktemp("wss")
-    seeds = wss / "SYNTH" / "ERASED" / "train"
-    assert write_erased_seeds(synth_root / "SYNTH" / "train" / "mask", seeds) == 24
-    uss = synth_root / "SYNTH" / "train" / "CAUSE_TEST"
+
+    seeds = wss_root / "SYNTH" / "ERASED" / "train"
+    assert write_erased_seeds(data_root / "SYNTH" / "train" / "mask", seeds) == TINY_SYNTH["num_train"]
+    uss = data_root / "SYNTH" / "train" / "CAUSE_TEST"
     uss.mkdir(exist_ok=True)
     g = torch.Generator().manual_seed(0)
-    for image in sorted((synth_root / "SYNTH" / "train" / "image").glob("*")):
+    for image in sorted((data_root / "SYNTH" / "train" / "image").glob("*")):
         with read_rgb(image) as im:
             h, w = im.height, im.width
         torch.save(torch.randn(6, *feature_grid(h, w, 8), generator=g).half(), uss / f"{image.stem}.pt")
@@ -118,12 +166,19 @@ def dhr_inputs(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tu
     return seeds, uss
 
 
+@pytest.fixture(scope="session")
+def dhr_inputs(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Erased-minor seeds and random 6-d 'USS' maps of the exporter's shape (patch 8)."""
+    return make_dhr_inputs(synth_root, tmp_path_factory.mktemp("wss"))
+
+
+DHR_TEST = ("experiment=synthetic_dhr", "wss=folder", "model.dhr.uss_name=CAUSE_TEST", "crf.processes=1",
+            "model.dhr.tau=0.0")  # tau 0: every class pair forms a Step-3 group
+
+
 def dhr_overrides(synth_root: Path, seeds: Path, *extra: str) -> list[str]:
     """``model=dhr`` on the tiny set with the erased seeds and the test USS maps."""
-    return [*tiny_train_overrides(synth_root), "experiment=synthetic_dhr", "wss=folder", f"wss.path={seeds}", "model.dhr.uss_name=CAUSE_TEST",
-            "crf.processes=1", "model.dhr.tau=0.0", *extra]  # tau 0: every class pair forms a Step-3 group
-
-
+    return [*tiny_train_overrides(synth_root), *DHR_TEST, f"wss.path={seeds}", *extra]
 
 
 def predict_overrides(data_root: Path, ckpt: Path, *extra: str) -> list[str]:
@@ -134,8 +189,165 @@ def predict_overrides(data_root: Path, ckpt: Path, *extra: str) -> list[str]:
 
 def tiny_mask2former_overrides(data_root: Path) -> list[str]:
     """``dhr.train model=mask2former`` on the tiny synthetic set: a 32-d decoder, 6 queries, 3 layers."""
-    deeplab_only = ("model.aspp_channels", "model.low_level_channels")
-    return [*(o for o in tiny_train_overrides(data_root) if not o.startswith(deeplab_only)),
+    return [*without(tiny_train_overrides(data_root), *TINY_HEADS),
             "model=mask2former", "model.num_queries=6", "model.dec_layers=3", "model.hidden_dim=32",
             "model.mask_dim=32", "model.enc_layers=1", "model.dim_feedforward=64", "model.enc_dim_feedforward=64",
             "model.nheads=2", "model.train_num_points=400", "recipe.crop_size=64"]
+
+
+def listed(items: list[str] | tuple[str, ...]) -> str:
+    """A list override's value: ``["a=1","b=2"]`` (each item quoted)."""
+    return "[" + ",".join(json.dumps(o) for o in items) + "]"
+
+
+TINY_STAGE = ("backbone=test_resnet",)  # the stages' own overrides: every stage but uss (CAUSE keeps its tiny ViT)
+
+
+def tiny_pipeline_overrides(data_root: Path, *extra: str, dataset: str = "synthetic", drop: tuple[str, ...] = (),
+                            add: tuple[str, ...] = ()) -> list[str]:
+    """``dhr.pipeline`` on a tiny set: the tiny training overrides (minus ``drop`` prefixes, plus ``add``) for
+    every stage, :data:`TINY_STAGE` for every stage but uss, 2 example rows in the report."""
+    routed = [*without(tiny_train_overrides(data_root), "paths.", "dataset.", "backbone=", *drop), *add]
+    return [f"dataset={dataset}", f"paths.data_root={data_root}", *([GENERATE] if dataset == "synthetic" else []),
+            f"pipeline.extra={listed(routed)}", f"pipeline.overrides.uss={listed(TINY_CAUSE)}",
+            *(f"pipeline.overrides.{stage}={listed(TINY_STAGE)}" for stage in ("seeds", "dhr", "final", "baseline", "ceiling")),
+            "pipeline.examples=2", *extra]
+
+
+# -- tiny models trained once per session ------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainedRun:
+    """A finished ``dhr.train`` run of a session fixture: read it, or :func:`copy_run` it to change it."""
+
+    dir: Path
+    metrics: dict[str, Any]
+    stdout: str = ""
+    overrides: list[str] = field(default_factory=list)
+
+    @property
+    def ckpt(self) -> Path:
+        return self.dir / "checkpoints" / "last.ckpt"
+
+
+def train_once(tmp_path_factory: pytest.TempPathFactory, name: str, overrides: list[str]) -> TrainedRun:
+    from dhr.train import run
+
+    out = tmp_path_factory.mktemp(name) / "run"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        metrics = run(compose_cfg("train", overrides, out))
+    GlobalHydra.instance().clear()
+    return TrainedRun(out, metrics, printed.getvalue(), list(overrides))
+
+
+def copy_run(run: TrainedRun | Path, dst: Path) -> Path:
+    """A private copy of a session fixture's run folder (checkpoints of the tiny models are ~1 MB)."""
+    shutil.copytree(run.dir if isinstance(run, TrainedRun) else run, dst, symlinks=True)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def deeplab_run(synth_root, tmp_path_factory) -> TrainedRun:
+    """DeepLabv3+ (3 steps), evaluated after the fit: last/best checkpoints, EMA, CSV log, val predictions."""
+    return train_once(tmp_path_factory, "deeplab", tiny_train_overrides(synth_root))
+
+
+@pytest.fixture(scope="session")
+def cam_run(synth_root, tmp_path_factory) -> TrainedRun:
+    """The CAM baseline (3 steps) on image-level tags."""
+    return train_once(tmp_path_factory, "cam", [*without(tiny_train_overrides(synth_root), "model."), "model=cam"])
+
+
+@pytest.fixture(scope="session")
+def dhr_run(synth_root, dhr_inputs, tmp_path_factory) -> TrainedRun:
+    """model=dhr (3 steps) on the erased seeds and the test USS maps, with the online relabelling."""
+    return train_once(tmp_path_factory, "dhr", dhr_overrides(synth_root, dhr_inputs[0], "evaluate_after_fit=false"))
+
+
+@pytest.fixture(scope="session")
+def cause_run(synth_root, tmp_path_factory) -> TrainedRun:
+    """CAUSE, one epoch of each stage (clusterbook, head, probe), k-means reported over 3 seeds."""
+    overrides = [*tiny_cause_overrides(synth_root), "model.eval_crf=true", "model.report_kmeans_seeds=3"]
+    return train_once(tmp_path_factory, "cause", overrides)
+
+
+@pytest.fixture(scope="session")
+def mask2former_run(synth_root, tmp_path_factory) -> TrainedRun:
+    """Mask2Former (3 steps), evaluated after the fit."""
+    return train_once(tmp_path_factory, "mask2former", tiny_mask2former_overrides(synth_root))
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(synth_root, tmp_path_factory) -> tuple[Path, dict[str, Any]]:
+    """The whole tiny pipeline, run once: (its folder, its report). Tests that change it work on a copy."""
+    from dhr.pipeline import run
+
+    out = tmp_path_factory.mktemp("pipeline") / "pipe"
+    with contextlib.redirect_stdout(io.StringIO()):
+        report = run(compose_cfg("pipeline", tiny_pipeline_overrides(synth_root), out))
+    GlobalHydra.instance().clear()
+    return out, report
+
+
+# -- command lines in this process ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class CliRun:
+    """What a command printed and its exit status, as a shell would see them."""
+
+    rc: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + "\n" + self.stderr
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.stderr.rstrip().splitlines()[-lines:])
+
+
+def cli(entry: str, *args: str, umask: int | None = None) -> CliRun:
+    """``python -m <entry> <args>`` run in this process: sys.argv patched, ``main()`` called, the exit status
+    and both streams captured. An exception that escapes ``main()`` is printed as Python would print it
+    (rc 1, a traceback on stderr), so a test tells a user-grade error from a crash."""
+    import importlib
+
+    module = importlib.import_module(entry)
+    out, err = io.StringIO(), io.StringIO()
+    argv, old_umask = sys.argv, None if umask is None else os.umask(umask)
+    sys.argv = [entry, *args]
+    GlobalHydra.instance().clear()
+    rc = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                module.main()
+            except SystemExit as exit_:
+                code = exit_.code
+                rc = code if isinstance(code, int) else (0 if code is None else 1)
+                if isinstance(code, str):
+                    print(code, file=sys.stderr)
+            except BaseException:  # noqa: BLE001 - what the interpreter would print
+                traceback.print_exc()
+                rc = 1
+    finally:
+        sys.argv = argv
+        if old_umask is not None:
+            os.umask(old_umask)
+        GlobalHydra.instance().clear()
+        _reset_logging()
+    return CliRun(rc, out.getvalue(), err.getvalue())
+
+
+def _reset_logging() -> None:
+    """Hydra's job logging writes to the streams of the command it configured: detach them from the root
+    logger so that later tests do not log into a finished command's buffers or files."""
+    import logging
+
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if type(handler).__module__.startswith("_pytest"):
+            continue
+        root.removeHandler(handler)
+        with contextlib.suppress(Exception):
+            handler.close()

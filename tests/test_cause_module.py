@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import compose_cfg, model_hparams, tiny_train_overrides
+from conftest import compose_cfg, copy_run, model_hparams, tiny_cause_overrides
 
 from dhr.modules.cause import CauseModule
 
@@ -73,30 +73,25 @@ def test_head_stage_updates_teacher_by_ema_and_fills_the_bank():
     assert "codebook" not in module.head_ema.state_dict()
 
 
-def test_tiny_three_stage_fit_logs_uss_metrics_and_compares_with_kmeans(tmp_path, synth_root, capsys):
+def test_tiny_three_stage_fit_logs_uss_metrics_and_compares_with_kmeans(tmp_path, synth_root, cause_run):
     from dhr.train import run
 
-    overrides = [o for o in tiny_train_overrides(synth_root) if not o.startswith(("model.", "infer."))]
-    overrides += ["model=cause", "backbone.embed_dim=16", "backbone.depth=1", "model.num_concepts=16",
-                  "model.reduced_dim=8", "model.projection_dim=16", "model.ffn_dim=16", "model.resolution=64",
-                  "model.bank_length=4", "data.batch_size=4", "data.num_workers=0", "model.report_kmeans_seeds=3",
-                  "stage_epochs={clusterbook:1,head:1,probe:1}"]
-    cfg = compose_cfg("train", overrides, tmp_path / "run")
-    metrics = run(cfg)
+    metrics = cause_run.metrics
     for stage in ("clusterbook", "head", "probe"):
-        assert (tmp_path / "run" / "checkpoints" / stage / "last.ckpt").is_file()
-        assert (tmp_path / "run" / "checkpoints" / stage / "done").is_file()
+        assert (cause_run.dir / "checkpoints" / stage / "last.ckpt").is_file()
+        assert (cause_run.dir / "checkpoints" / stage / "done").is_file()
     for key in ("val/uss_mIoU", "uss/kmeans_mIoU", "uss/cause_crf_mIoU"):  # the CRF variant is reported too
         assert np.isfinite(metrics[key]) and metrics[key] > 0, key  # background alone matches: never 0
     # k-means is a mean over several seeds, with its spread and best draw
     assert metrics["uss/kmeans_mIoU_std"] >= 0 and metrics["uss/kmeans_mIoU_best"] >= metrics["uss/kmeans_mIoU"]
-    assert "k-means on frozen backbone tokens over 3 seeds" in capsys.readouterr().out
-    state = torch.load(tmp_path / "run" / "checkpoints" / "probe" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert "k-means on frozen backbone tokens over 3 seeds" in cause_run.stdout
+    state = torch.load(cause_run.dir / "checkpoints" / "probe" / "last.ckpt", map_location="cpu", weights_only=True)
     assert not any(k.startswith("backbone") for k in state["state_dict"])  # the frozen ViT is not saved
     # resuming skips finished stages: nothing is refitted or rewritten
-    last = tmp_path / "run" / "checkpoints" / "probe" / "last.ckpt"
+    run_dir = copy_run(cause_run, tmp_path / "run")
+    last = run_dir / "checkpoints" / "probe" / "last.ckpt"
     stamp = last.stat().st_mtime_ns
-    again = run(compose_cfg("train", [*overrides, "ckpt_path=last"], tmp_path / "run"))
+    again = run(compose_cfg("train", [*cause_run.overrides, "ckpt_path=last"], run_dir))
     assert again == {} and last.stat().st_mtime_ns == stamp
 
 
@@ -175,7 +170,6 @@ class DumpWeights(pl.Callback):
         torch.save({k: v.cpu() for k, v in pl_module.state_dict().items()}, f"{self.folder}/rank{trainer.global_rank}.pt")
 
 
-@pytest.mark.slow
 def test_ddp_on_cpu_keeps_replicas_identical(tmp_path, synth_root):
     import pytorch_lightning as pl
 
@@ -187,7 +181,7 @@ def test_ddp_on_cpu_keeps_replicas_identical(tmp_path, synth_root):
         module = tiny_module(stage=stage, num_classes=9, resolution=64)
         data = CauseDataModule(data_root=str(synth_root), dataset=dataset, train_split="train", val_split=None,
                                crop_type="none", resolution=64, batch_size=8, num_workers=0, image_interp="nearest")
-        trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=3, logger=False,
+        trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_fork", max_steps=3, logger=False,
                              enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                              callbacks=[DumpWeights(str(tmp_path))])
         start = {k: v.clone() for k, v in module.state_dict().items()}

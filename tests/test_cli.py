@@ -1,4 +1,5 @@
-"""Command-line behaviour in real subprocesses (slow: each pays the import cost)."""
+"""Command-line behaviour: exit statuses and messages of the entry points, run in this process (``cli``: argv
+patched, ``main()`` called); real subprocesses only where the process is the subject (imports, launchers)."""
 
 from __future__ import annotations
 
@@ -6,11 +7,10 @@ import subprocess
 import sys
 
 import pytest
-from conftest import REPO, tiny_train_overrides
-
-pytestmark = pytest.mark.slow
+from conftest import REPO, cli, tiny_train_overrides, without
 
 
+@pytest.mark.slow
 def test_help_lists_groups_without_importing_torch():
     code = ("import sys, runpy; sys.argv = ['dhr.train', '--help']\n"
             "try:\n    runpy.run_module('dhr.train', run_name='__main__')\n"
@@ -22,16 +22,15 @@ def test_help_lists_groups_without_importing_torch():
     assert "synthetic" in out and "voc" in out and "python -m dhr.evaluate" in out
 
 
-def test_unknown_dataset_option_or_key_is_a_clear_hydra_error_with_exit_2():
+def test_unknown_dataset_option_or_key_is_a_clear_hydra_error_with_exit_2(tmp_path):
     for arg, message in (("dataset=vocc", "Could not find 'dataset/vocc'"), ("recipe.lrr=0.1", "Could not override 'recipe.lrr'")):
-        res = subprocess.run([sys.executable, "-m", "dhr.train", arg], capture_output=True, text=True, cwd=REPO)
-        assert res.returncode == 2 and message in res.stderr
+        res = cli("dhr.train", arg, f"hydra.run.dir={tmp_path / 'run'}")
+        assert res.rc == 2 and message in res.stderr
 
 
 def test_bad_input_exits_2_with_one_line_error(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "dhr.train", f"paths.data_root={tmp_path}", "dataset=voc",
-                          f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True, cwd=REPO)
-    assert res.returncode == 2
+    res = cli("dhr.train", f"paths.data_root={tmp_path}", "dataset=voc", f"hydra.run.dir={tmp_path / 'run'}")
+    assert res.rc == 2
     assert "error:" in res.stderr and "split folder not found" in res.stderr and "Traceback" not in res.stderr
 
 
@@ -59,33 +58,16 @@ def test_config_and_checkpoint_mistakes_exit_2_naming_the_key_or_file(tmp_path, 
                tmp_path / "seg.ckpt")
     args = [a.format(garbage=tmp_path / "garbage.ckpt", plain=tmp_path / "plain.pt", plain_ckpt=tmp_path / "seg.ckpt")
             for a in args]
-    overrides = [o for o in tiny_train_overrides(synth_root) if not o.startswith("~callbacks")] if entry == "dhr.train" \
-        else [f"paths.data_root={synth_root}", "dataset.generate=null"]
-    res = subprocess.run([sys.executable, "-m", entry, *overrides, *args, f"hydra.run.dir={tmp_path / 'run'}"],
-                         capture_output=True, text=True, cwd=REPO, timeout=300)
-    assert res.returncode == 2, res.stderr[-2000:]
+    overrides = tiny_train_overrides(synth_root) if entry == "dhr.train" else [f"paths.data_root={synth_root}", "dataset.generate=null"]
+    res = cli(entry, *overrides, *args, f"hydra.run.dir={tmp_path / 'run'}")
+    assert res.rc == 2, res.tail()
     assert message in res.stderr and "Traceback" not in res.stderr
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any training step
 
 
-def test_ddp_cpu_two_processes_train_and_checkpoint(tmp_path, synth_root):
-    overrides = [o for o in tiny_train_overrides(synth_root) if not o.startswith("~callbacks")]
-    res = subprocess.run(
-        [sys.executable, "-m", "dhr.train", *overrides, "trainer=ddp_cpu", "evaluate_after_fit=false",
-         "callbacks.progress_bar.terminal=false", f"hydra.run.dir={tmp_path / 'run'}"],
-        capture_output=True, text=True, cwd=REPO, timeout=600,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert (tmp_path / "run" / "checkpoints" / "last.ckpt").is_file()
-    import torch
-
-    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert ckpt["global_step"] == 3  # each of the 2 processes ran 3 steps of the global batch
-    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
-
-
+@pytest.mark.slow
 def test_local_submitit_sweep_runs_one_job_per_value(tmp_path, synth_root):
-    overrides = [o for o in tiny_train_overrides(synth_root) if not o.startswith("~callbacks")]
+    overrides = without(tiny_train_overrides(synth_root), "~callbacks")
     sweep = tmp_path / "sweep"
     res = subprocess.run(
         [sys.executable, "-m", "dhr.train", "-m", "hydra/launcher=local", *overrides, "debug=fdr", "seed=1,2",
@@ -99,19 +81,15 @@ def test_local_submitit_sweep_runs_one_job_per_value(tmp_path, synth_root):
 
 
 def test_local_multirun_with_plain_ddp_is_refused(tmp_path):
-    res = subprocess.run(
-        [sys.executable, "-m", "dhr.train", "-m", "trainer.strategy=ddp", "seed=1,2", f"paths.data_root={tmp_path}",
-         f"hydra.sweep.dir={tmp_path / 'sweep'}"],
-        capture_output=True, text=True, cwd=REPO, timeout=300,
-    )
-    assert res.returncode == 2 and "re-launches the whole sweep" in res.stderr
+    res = cli("dhr.train", "-m", "trainer.strategy=ddp", "seed=1,2", f"paths.data_root={tmp_path}",
+              f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert res.rc == 2 and "re-launches the whole sweep" in res.stderr
 
 
 def test_a_refused_config_value_exits_2_naming_the_key(tmp_path):
-    res = subprocess.run([sys.executable, "-m", "dhr.train", "model=dhr", "model.dhr.tau=2", "wss=folder",
-                          f"wss.path={tmp_path}", f"hydra.run.dir={tmp_path / 'run'}"], capture_output=True, text=True,
-                         cwd=REPO)
-    assert res.returncode == 2 and "error: model.dhr.tau=2" in res.stderr and "Traceback" not in res.stderr
+    res = cli("dhr.train", "model=dhr", "model.dhr.tau=2", "wss=folder", f"wss.path={tmp_path}",
+              f"hydra.run.dir={tmp_path / 'run'}")
+    assert res.rc == 2 and "error: model.dhr.tau=2" in res.stderr and "Traceback" not in res.stderr
 
 
 def documented_commands() -> list[tuple[str, str]]:

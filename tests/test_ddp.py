@@ -13,13 +13,11 @@ from __future__ import annotations
 
 import csv
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, dhr_overrides, tiny_train_overrides
+from conftest import DDP_FORK, dhr_overrides, tiny_cause_overrides, tiny_train_overrides, without
 
 from dhr.data.sampler import EpochShuffle, EvalShard
 
@@ -72,12 +70,12 @@ def test_a_score_does_not_depend_on_the_images_it_is_batched_with():
     assert not torch.equal(scores(padded[:1]).argmax(1)[0, :20, :30], labels[0, :20, :30])  # what padding did
 
 
-def _batchnorm_rank(rank: int, port: int, full: torch.Tensor, out: str) -> None:
+def _batchnorm_rank(rank: int, full: torch.Tensor, out: str) -> None:
     import torch.distributed as dist
 
     from dhr.ops.sync_batchnorm import AllReduceBatchNorm
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    dist.init_process_group("gloo", init_method=f"file://{out}/store", rank=rank, world_size=2)
     torch.manual_seed(0)
     bn = AllReduceBatchNorm(3)
     with torch.no_grad():
@@ -94,18 +92,12 @@ def _batchnorm_rank(rank: int, port: int, full: torch.Tensor, out: str) -> None:
     dist.destroy_process_group()
 
 
-@pytest.mark.slow
 def test_allreduce_batchnorm_is_batchnorm_of_the_global_batch(tmp_path):
-    import socket
-
     import torch.multiprocessing as mp
 
     torch.manual_seed(1)
     full = torch.randn(6, 3, 5, 7) * 3 + 2
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_batchnorm_rank, args=(port, full, str(tmp_path)), nprocs=2, join=True)
+    mp.start_processes(_batchnorm_rank, args=(full, str(tmp_path)), nprocs=2, join=True, start_method="fork")
     torch.manual_seed(0)
     bn = torch.nn.BatchNorm2d(3)
     with torch.no_grad():
@@ -128,16 +120,19 @@ def test_allreduce_batchnorm_is_batchnorm_of_the_global_batch(tmp_path):
 # -- whole stages -----------------------------------------------------------------------------------
 
 def _train(out: Path, overrides: list[str]) -> Path:
+    from conftest import compose_cfg
+
+    from dhr.train import run
+
     shutil.rmtree(out, ignore_errors=True)
-    res = subprocess.run([sys.executable, "-m", "dhr.train", *overrides, "callbacks.progress_bar.terminal=false",
-                          f"hydra.run.dir={out}"], capture_output=True, text=True, cwd=REPO, timeout=900)
-    assert res.returncode == 0, res.stderr[-3000:]
+    run(compose_cfg("train", overrides, out))
     return out
 
 
 def _one_and_two(tmp_path: Path, overrides: list[str]) -> tuple[Path, Path]:
-    base = [o for o in overrides if not o.startswith(("trainer.limit_val_batches", "~callbacks"))]
-    return _train(tmp_path / "one", base), _train(tmp_path / "ddp", [*base, "trainer=ddp_cpu"])
+    """The same run in one process and in two (trainer=ddp_cpu with forked ranks), both in this process."""
+    base = [o for o in overrides if not o.startswith("trainer.limit_val_batches")]
+    return _train(tmp_path / "one", base), _train(tmp_path / "ddp", [*base, *DDP_FORK])
 
 
 def _val(run: Path) -> dict[str, float]:
@@ -157,13 +152,13 @@ def _weights_gap(a: Path, b: Path) -> float:
     return max((one[k] - two[k]).abs().max().item() for k in one if one[k].is_floating_point())
 
 
-@pytest.mark.slow
 def test_segmentation_step_and_its_validation_are_those_of_one_process(tmp_path, synth_root):
     one, two = _one_and_two(tmp_path, [*tiny_train_overrides(synth_root), NO_DROPOUT, "trainer.limit_train_batches=1"])
     assert _weights_gap(one / "checkpoints" / "last.ckpt", two / "checkpoints" / "last.ckpt") < 1e-4
     assert _val(two) == pytest.approx(_val(one), abs=1e-6)  # every val image once, scored alone, states summed
     # rank 0 alone writes: one checkpoint folder, one log, one prediction folder and score report, as 1 process
-    assert sorted(p.name for p in (two / "checkpoints").iterdir()) == sorted(p.name for p in (one / "checkpoints").iterdir())
+    assert sorted(p.name for p in (two / "checkpoints").iterdir()) == ["best.ckpt", "last.ckpt"]
+    assert torch.load(two / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)["global_step"] == 1
     import numpy as np
     from PIL import Image
 
@@ -175,14 +170,12 @@ def test_segmentation_step_and_its_validation_are_those_of_one_process(tmp_path,
     assert (two / "predictions" / "validation_scores.json").is_file()
 
 
-@pytest.mark.slow
 def test_cam_training_is_that_of_one_process(tmp_path, synth_root):
-    overrides = [o for o in tiny_train_overrides(synth_root) if not o.startswith("model.")]
+    overrides = without(tiny_train_overrides(synth_root), "model.")
     one, two = _one_and_two(tmp_path, [*overrides, "model=cam", "evaluate_after_fit=false"])
     assert _weights_gap(one / "checkpoints" / "last.ckpt", two / "checkpoints" / "last.ckpt") < 1e-5  # 3 steps
 
 
-@pytest.mark.slow
 def test_dhr_relabelling_is_that_of_one_process(tmp_path, synth_root, dhr_inputs):
     seeds, _ = dhr_inputs
     one, two = _one_and_two(tmp_path, [*dhr_overrides(synth_root, seeds), NO_DROPOUT, "trainer.limit_train_batches=1",
@@ -193,13 +186,8 @@ def test_dhr_relabelling_is_that_of_one_process(tmp_path, synth_root, dhr_inputs
     assert abs(b["val/mIoU"] - a["val/mIoU"]) < 0.5  # points; the per-process loss mean moves the step a little
 
 
-@pytest.mark.slow
 def test_cause_under_ddp_stays_close_to_one_process(tmp_path, synth_root):
-    overrides = [o for o in tiny_train_overrides(synth_root) if not o.startswith(("model.", "infer."))]
-    overrides += ["model=cause", "backbone.embed_dim=16", "backbone.depth=1", "model.num_concepts=16",
-                  "model.reduced_dim=8", "model.projection_dim=16", "model.ffn_dim=16", "model.resolution=64",
-                  "model.bank_length=4", "data.batch_size=4", "model.report_kmeans_seeds=1",
-                  "stage_epochs={clusterbook:1,head:1,probe:1}", "evaluate_after_fit=false"]
+    overrides = [*tiny_cause_overrides(synth_root), "evaluate_after_fit=false"]
     one, two = _one_and_two(tmp_path, overrides)
     for stage in ("clusterbook", "head", "probe"):
         assert (two / "checkpoints" / stage / "done").is_file()
@@ -211,21 +199,16 @@ def test_cause_under_ddp_stays_close_to_one_process(tmp_path, synth_root):
         assert abs(last["ddp"][key] - last["one"][key]) < 3.0, (key, last)
 
 
-@pytest.mark.slow
-def test_prediction_is_sharded_over_processes_without_a_missing_or_changed_image(tmp_path, synth_root):
-    from conftest import compose_cfg, predict_overrides
+def test_prediction_is_sharded_over_processes_without_a_missing_or_changed_image(tmp_path, synth_root, deeplab_run):
+    from conftest import cli, compose_cfg, predict_overrides
 
     from dhr.predict import run as predict
-    from dhr.train import run as train
 
-    train(compose_cfg("train", [*tiny_train_overrides(synth_root), "evaluate_after_fit=false"], tmp_path / "run"))
-    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    overrides = predict_overrides(synth_root, ckpt, "split=val", "evaluate=false")
+    overrides = predict_overrides(synth_root, deeplab_run.ckpt, "split=val", "evaluate=false")
     one = predict(compose_cfg("predict", [*overrides, f"out_dir={tmp_path / 'one'}"], tmp_path / "p1"))
-    res = subprocess.run([sys.executable, "-m", "dhr.predict", *overrides, "trainer=ddp_cpu", f"out_dir={tmp_path / 'two'}",
-                          f"hydra.run.dir={tmp_path / 'p2'}", "callbacks.progress_bar.terminal=false"],
-                         capture_output=True, text=True, cwd=REPO, timeout=600)
-    assert res.returncode == 0, res.stderr[-3000:]
+    res = cli("dhr.predict", *overrides, *DDP_FORK, f"out_dir={tmp_path / 'two'}", f"hydra.run.dir={tmp_path / 'p2'}",
+              "callbacks.progress_bar.terminal=false")
+    assert res.rc == 0, res.tail()
     assert one["written"] == 8 and "wrote 8 label PNGs" in (tmp_path / "p2" / "predict.log").read_text()
     pngs = sorted((tmp_path / "one").glob("*.png"))
     assert [p.name for p in pngs] == sorted(p.name for p in (tmp_path / "two").glob("*.png"))

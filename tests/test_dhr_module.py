@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import compose_cfg, dhr_overrides, predict_overrides, tiny_train_overrides
+from conftest import compose_cfg, dhr_overrides, predict_overrides, tiny_train_overrides, without
 
 from dhr.data.synthetic import MINOR_IDS
 from dhr.errors import DHRError
@@ -23,14 +23,11 @@ def test_erased_seeds_lose_exactly_the_minor_classes(dhr_inputs, synth_root):
         assert np.array_equal(seed[~minor], gt[~minor])
 
 
-def test_dhr_trains_with_relabelling_and_writes_dhr_masks(tmp_path, synth_root, dhr_inputs):
+def test_dhr_trains_with_relabelling_and_writes_dhr_masks(tmp_path, synth_root, dhr_inputs, dhr_run):
     from dhr.predict import run as predict
-    from dhr.train import run as train
 
     seeds, _ = dhr_inputs
-    run_dir = tmp_path / "run"
-    train(compose_cfg("train", dhr_overrides(synth_root, seeds, "evaluate_after_fit=false"), run_dir))
-    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    run_dir, ckpt = dhr_run.dir, dhr_run.ckpt
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert state["dhr_module"] == "dhr.modules.dhr.DHRModule"
     assert any(k.startswith("cam_head.") for k in state["ema_state_dict"])
@@ -41,7 +38,7 @@ def test_dhr_trains_with_relabelling_and_writes_dhr_masks(tmp_path, synth_root, 
     for name in ("train/seed_gt_acc", "train/mask_gt_acc"):
         assert 0 < logged[name] <= 1
     assert logged["train/dhr_changed_step1"] > 0 and logged["train/dhr_changed_step23"] > 0  # relabelling changed pixels
-    wss = seeds.parents[2]
+    wss = tmp_path / "wss"
     overrides = predict_overrides(synth_root, ckpt, f"paths.wss_root={wss}", "model=dhr", "split=train")
     result = predict(compose_cfg("predict", overrides, tmp_path / "p"))
     masks = wss / "SYNTH" / "DHR" / "train"
@@ -110,21 +107,19 @@ def test_dhr_refuses_missing_inputs(tmp_path, synth_root, dhr_inputs):
         train(cfg)
 
 
-def test_init_from_a_cam_checkpoint_copies_backbone_and_cam_head(tmp_path, synth_root):
+def test_init_from_a_cam_checkpoint_copies_backbone_and_cam_head(tmp_path, synth_root, cam_run):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from dhr.train import run as train
     from dhr.utils.checkpoint import EMA_KEY as CKPT_KEY
 
-    overrides = [o for o in tiny_train_overrides(synth_root) if not o.startswith("model.")]
-    train(compose_cfg("train", [*overrides, "model=cam"], tmp_path / "cam"))
-    ckpt = tmp_path / "cam" / "checkpoints" / "last.ckpt"
+    overrides = without(tiny_train_overrides(synth_root), "model.")
+    ckpt = cam_run.ckpt
     cam = torch.load(ckpt, map_location="cpu", weights_only=True)[CKPT_KEY]
     cfg = compose_cfg("train", [*overrides, "model=dhr", f"model.init_from={ckpt}"], tmp_path / "d")
     module = instantiate(OmegaConf.to_container(cfg.model, resolve=True))
     assert torch.equal(module.cam_head.weight, cam["classifier.weight"])
-    assert torch.equal(module.net.backbone.state_dict()["layer4.1.conv2.weight"], cam["backbone.layer4.1.conv2.weight"])
+    assert torch.equal(module.net.backbone.state_dict()["layer4.0.conv2.weight"], cam["backbone.layer4.0.conv2.weight"])
     torch.save({"dhr_module": "other"}, tmp_path / "x.ckpt")
     with pytest.raises(DHRError, match="not a model=cam checkpoint"):
         module.init_from_cam(str(tmp_path / "x.ckpt"))

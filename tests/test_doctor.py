@@ -115,21 +115,17 @@ def test_the_cli_exits_1_on_errors_and_0_when_healthy(tmp_path):
     assert bad.returncode == 1 and "1 error(s): SYNTH" in bad.stdout
 
 
-@pytest.mark.slow
 def test_a_voc_release_goes_through_prepare_doctor_and_the_pipeline(voc_tree, tmp_path):
     """The official-format fixture, converted and checked, trains every stage for one epoch and is scored."""
-    from conftest import compose_cfg, tiny_train_overrides
-    from test_pipeline import TINY_CAUSE
+    from conftest import compose_cfg, tiny_pipeline_overrides
 
     from dhr.pipeline import run as pipeline
 
     assert doctor("dataset=voc", f"paths.data_root={voc_tree}")["ok"]
-    routed = [o for o in tiny_train_overrides(voc_tree) if not o.startswith(("paths.", "dataset."))]
-    routed = [o for o in routed if not o.startswith("trainer.limit_")] + ["recipe.batch_size=2", "data.val_batch_size=2"]
-    overrides = ["dataset=voc", f"paths.data_root={voc_tree}", "pipeline.extra=[" + ",".join(json.dumps(o) for o in routed) + "]",
-                 "pipeline.overrides.uss=[" + ",".join(json.dumps(o) for o in TINY_CAUSE) + "]", "pipeline.examples=2",
-                 "+pipeline.expected.seeds={metric:mIoU,value:100.0,tolerance:0.5,source:fixture}",
-                 "+pipeline.expected.final={metric:mIoU,value:50.0,tolerance:50.0,source:fixture}"]
+    overrides = tiny_pipeline_overrides(voc_tree, "+pipeline.expected.seeds={metric:mIoU,value:100.0,tolerance:0.5,source:fixture}",
+                                        "+pipeline.expected.final={metric:mIoU,value:50.0,tolerance:50.0,source:fixture}",
+                                        dataset="voc", drop=("trainer.limit_",),
+                                        add=("recipe.batch_size=2", "data.val_batch_size=2"))
     report = pipeline(compose_cfg("pipeline", overrides, tmp_path / "pipe"))
     assert report["expected"]["seeds"]["status"] == "outside" and report["expected"]["final"]["status"] == "within"
     assert report["first_departure"] == "seeds"

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, compose_cfg, predict_overrides, tiny_mask2former_overrides
+from conftest import DDP_FORK, compose_cfg, copy_run, predict_overrides, tiny_mask2former_overrides
 
 from dhr.utils.io import read_label_png
 
@@ -17,14 +14,13 @@ def train_cfg(tmp_path, synth_root, *extra: str):
     return compose_cfg("train", [*tiny_mask2former_overrides(synth_root), *extra], tmp_path / "run")
 
 
-def test_fit_evaluates_and_predict_reloads_with_crf_and_the_server_layout(tmp_path, synth_root, capsys):
+def test_fit_evaluates_and_predict_reloads_with_crf_and_the_server_layout(tmp_path, synth_root, mask2former_run):
     from dhr.predict import run as predict
-    from dhr.train import run as train
 
-    metrics = train(train_cfg(tmp_path, synth_root))
+    metrics = mask2former_run.metrics
     assert np.isfinite(metrics["val/mIoU"]) and np.isfinite(metrics["eval/mIoU"])
-    assert "Mask2Former | mIoU:" in capsys.readouterr().out
-    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert "Mask2Former | mIoU:" in mask2former_run.stdout
+    ckpt = mask2former_run.ckpt
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert state["dhr_module"] == "dhr.modules.mask2former.Mask2FormerModule" and "ema_state_dict" in state
 
@@ -44,10 +40,10 @@ def test_fit_evaluates_and_predict_reloads_with_crf_and_the_server_layout(tmp_pa
     assert len(list((server / "results" / "VOC2012" / "Segmentation" / "comp5_test_cls").glob("*.png"))) == 8
 
 
-def test_resume_from_last_continues(tmp_path, synth_root):
+def test_resume_from_last_continues(tmp_path, synth_root, mask2former_run):
     from dhr.train import run
 
-    run(train_cfg(tmp_path, synth_root, "evaluate_after_fit=false"))
+    copy_run(mask2former_run, tmp_path / "run")
     run(train_cfg(tmp_path, synth_root, "evaluate_after_fit=false", "ckpt_path=last", "recipe.max_epochs=2"))
     after = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert after["global_step"] == 6
@@ -74,14 +70,9 @@ def test_the_whole_model_gradient_norm_is_clipped(tmp_path, synth_root):
     assert len(norms) == 2 and all(0 < n <= 0.01 * 1.0001 for n in norms)
 
 
-@pytest.mark.slow
 def test_one_ddp_cpu_step(tmp_path, synth_root):
-    overrides = [o for o in tiny_mask2former_overrides(synth_root) if not o.startswith("~callbacks")]
-    res = subprocess.run(
-        [sys.executable, "-m", "dhr.train", *overrides, "trainer=ddp_cpu", "trainer.limit_train_batches=1",
-         "evaluate_after_fit=false", "callbacks.progress_bar.terminal=false", f"hydra.run.dir={tmp_path / 'run'}"],
-        capture_output=True, text=True, cwd=REPO, timeout=600,
-    )
-    assert res.returncode == 0, res.stderr[-3000:]
+    from dhr.train import run
+
+    run(train_cfg(tmp_path, synth_root, *DDP_FORK, "trainer.limit_train_batches=1", "evaluate_after_fit=false"))
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 1  # both processes took the step together (the mask count all-reduced)

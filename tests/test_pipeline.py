@@ -7,23 +7,13 @@ import json
 import logging
 
 import pytest
-from conftest import TINY_SYNTH, compose_cfg, tiny_train_overrides
+from conftest import TINY_STAGE, compose_cfg, copy_run, listed, tiny_pipeline_overrides, tiny_train_overrides
 
 from dhr.pipeline import READS, STAGES, split_argv
 
-TINY_CAUSE = ["experiment=synthetic_cause", "model.eval_crf=false", "backbone.embed_dim=16", "backbone.depth=1",
-              "model.num_concepts=16", "model.reduced_dim=8", "model.projection_dim=16", "model.ffn_dim=16",
-              "model.resolution=64", "model.bank_length=4", "data.batch_size=4", "data.num_workers=0",
-              "model.report_kmeans_seeds=1", "stage_epochs={clusterbook:1,head:1,probe:1}"]
-
 
 def pipeline_cfg(tmp_path, synth_root, *extra: str, out: str = "pipe"):
-    gen = ",".join(f"{k}:{v}" for k, v in TINY_SYNTH.items())
-    routed = [o for o in tiny_train_overrides(synth_root) if not o.startswith(("paths.", "dataset."))]
-    quoted = ",".join(json.dumps(o) for o in routed)
-    overrides = ["dataset=synthetic", f"paths.data_root={synth_root}", f"dataset.generate={{{gen}}}", f"pipeline.extra=[{quoted}]",
-                 "pipeline.overrides.uss=[" + ",".join(json.dumps(o) for o in TINY_CAUSE) + "]", "pipeline.examples=2", *extra]
-    return compose_cfg("pipeline", overrides, tmp_path / out)
+    return compose_cfg("pipeline", tiny_pipeline_overrides(synth_root, *extra), tmp_path / out)
 
 
 def statuses(report: dict) -> dict[str, str]:
@@ -37,12 +27,10 @@ def test_arguments_the_pipeline_does_not_know_go_to_the_stages():
     assert set(READS) == set(STAGES) and all(set(r) <= set(STAGES) for r in READS.values())
 
 
-@pytest.mark.slow
-def test_pipeline_runs_caches_and_reruns_only_what_a_change_touches(tmp_path, synth_root, caplog):
+def test_pipeline_runs_caches_and_reruns_only_what_a_change_touches(tmp_path, synth_root, pipeline_run, caplog):
     from dhr.pipeline import run
 
-    caplog.set_level(logging.INFO)
-    first = run(pipeline_cfg(tmp_path, synth_root))
+    fixture_dir, first = pipeline_run
     assert statuses(first) == {"seeds": "ran", "uss": "ran", "dhr": "ran", "final": "ran", "baseline": "ran",
                                "ceiling": "skipped", "report": "ran"}
     rows = first["rows"]
@@ -54,30 +42,31 @@ def test_pipeline_runs_caches_and_reruns_only_what_a_change_touches(tmp_path, sy
         evaluate_folder,  # the row is the official evaluator on the stage's masks
     )
 
-    seeds_dir = next((tmp_path / "pipe").glob("seeds-*/masks"))
+    seeds_dir = next(fixture_dir.glob("seeds-*/masks"))
     again = evaluate_folder(seeds_dir, synth_root / "SYNTH" / "train" / "mask", num_classes=9, background_id=0)
     assert rows["seeds"]["mIoU"] == pytest.approx(again.scores.miou) and rows["seeds"]["images"] == again.evaluated
     assert rows["seeds"]["split"] == "train" and rows["seeds"]["images"] == rows["dhr_masks"]["images"] >= 20
     assert rows["final"]["split"] == "val" and rows["final"]["images"] == rows["baseline"]["images"] == 8
     assert rows["dhr_masks"]["protocol"]["thresholds"]["class_threshold"] == 0.05
-    pipe = tmp_path / "pipe"
     for name in ("report.md", "report.json", "report.png", "per_class.png"):
-        assert (pipe / name).is_file(), name
+        assert (fixture_dir / name).is_file(), name
     from PIL import Image
 
-    grid = Image.open(pipe / "report.png")
+    grid = Image.open(fixture_dir / "report.png")
     assert 1.5 < grid.width / grid.height < 4  # 2 example rows of 5 panels
     from dhr.report import PANELS
 
     assert first["example_panels"] == [2, len(PANELS)] == [2, 5] and first["figures"] == ["per_class.png", "report.png"]
-    assert "stage dhr: start" in caplog.text and "stage dhr: done in" in caplog.text
 
+    pipe = copy_run(fixture_dir, tmp_path / "pipe")  # the runs below change the cache: on a copy
+    caplog.set_level(logging.INFO)
     again = run(pipeline_cfg(tmp_path, synth_root))
     assert set(statuses(again).values()) == {"cached", "skipped"} and statuses(again)["report"] == "cached"
 
-    changed = run(pipeline_cfg(tmp_path, synth_root, 'pipeline.overrides.dhr=["model.dhr.tau=0.5"]'))
+    changed = run(pipeline_cfg(tmp_path, synth_root, f"pipeline.overrides.dhr={listed([*TINY_STAGE, 'model.dhr.tau=0.5'])}"))
     assert statuses(changed) == {"seeds": "cached", "uss": "cached", "dhr": "ran", "final": "ran", "baseline": "cached",
                                  "ceiling": "skipped", "report": "ran"}
+    assert "stage dhr: start" in caplog.text and "stage dhr: done in" in caplog.text
 
     forced = run(pipeline_cfg(tmp_path, synth_root, "pipeline.force=[dhr]"))
     assert statuses(forced)["dhr"] == "ran" and statuses(forced)["final"] == "ran"
@@ -86,7 +75,6 @@ def test_pipeline_runs_caches_and_reruns_only_what_a_change_touches(tmp_path, sy
 
 
 
-@pytest.mark.slow
 def test_only_from_to_and_a_failed_stage_resumed(tmp_path, synth_root, monkeypatch):
     import dhr.pipeline as P
     from dhr.errors import DHRError
@@ -116,7 +104,6 @@ def test_only_from_to_and_a_failed_stage_resumed(tmp_path, synth_root, monkeypat
     assert statuses(resumed)["seeds"] == "cached" and statuses(resumed)["final"] == "skipped"
 
 
-@pytest.mark.slow
 def test_progress_lines_when_stdout_is_not_a_terminal(tmp_path, synth_root, caplog):
     from dhr.callbacks.progress import LogProgress, progress_bar
     from dhr.train import run
@@ -172,7 +159,6 @@ def test_subprocess_ddp_is_refused_inside_the_pipeline_with_the_fix(tmp_path):
         run_step(Step("train", ["trainer=ddp"], "train"), cfg)
 
 
-@pytest.mark.slow
 def test_a_shared_cache_dir_serves_runs_in_other_folders(tmp_path, synth_root):
     """A sweep or Slurm job writes into its own (timestamped) folder but reuses the stages of pipeline.cache_dir."""
     from dhr.pipeline import run

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import compose_cfg, predict_overrides, tiny_train_overrides
+from conftest import compose_cfg, copy_run, predict_overrides, tiny_train_overrides
 
 from dhr.errors import DHRError
 from dhr.utils.io import read_label_png
@@ -15,15 +15,12 @@ def train_cfg(tmp_path, synth_root, *extra: str):
     return compose_cfg("train", [*tiny_train_overrides(synth_root), *extra], tmp_path / "run")
 
 
-def test_fit_writes_checkpoints_ema_and_evaluates_val(tmp_path, synth_root, capsys):
-    from dhr.train import run
-
-    metrics = run(train_cfg(tmp_path, synth_root))
-    run_dir = tmp_path / "run"
+def test_fit_writes_checkpoints_ema_and_evaluates_val(deeplab_run, synth_root):
+    run_dir, metrics = deeplab_run.dir, deeplab_run.metrics
     last = run_dir / "checkpoints" / "last.ckpt"
-    assert last.is_file() and (run_dir / "checkpoints" / "best.ckpt").is_file()
+    assert sorted(p.name for p in last.parent.iterdir()) == ["best.ckpt", "last.ckpt"]
     state = torch.load(last, map_location="cpu", weights_only=True)
-    assert "ema_state_dict" in state
+    assert "ema_state_dict" in state and state["global_step"] == 3
     online, ema = state["state_dict"], state["ema_state_dict"]
     key = "net.head.classifier.weight"
     assert not torch.equal(online[key], ema[key])  # EMA differs from the online weights
@@ -32,7 +29,7 @@ def test_fit_writes_checkpoints_ema_and_evaluates_val(tmp_path, synth_root, caps
     label = read_label_png(preds[0])
     gt = read_label_png(synth_root / "SYNTH" / "validation" / "mask" / preds[0].name)
     assert label.shape == gt.shape and set(np.unique(label).tolist()) <= set(range(9))
-    out = capsys.readouterr().out
+    out = deeplab_run.stdout
     assert "DeepLabv3+ | mIoU:" in out and "evaluated 8 / expected" in out
     from dhr.ops.evaluation import (
         evaluate_folder,  # the score after fit is the evaluator's on the written PNGs
@@ -44,26 +41,23 @@ def test_fit_writes_checkpoints_ema_and_evaluates_val(tmp_path, synth_root, caps
     assert (run_dir / "csv" / "version_0" / "metrics.csv").is_file()
 
 
-def test_resume_from_last_continues_the_step_count(tmp_path, synth_root):
+def test_resume_from_last_continues_the_step_count(tmp_path, synth_root, deeplab_run):
     from dhr.train import run
 
-    run(train_cfg(tmp_path, synth_root, "evaluate_after_fit=false"))
-    before = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    run_dir = copy_run(deeplab_run, tmp_path / "run")
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"] == 3
     run(train_cfg(tmp_path, synth_root, "evaluate_after_fit=false", "ckpt_path=last", "recipe.max_epochs=2"))
-    after = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    assert before["global_step"] == 3 and after["global_step"] == 6  # 3 more steps, not 6 from scratch
-    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"] == 6  # 3 more steps, not 6 from scratch
     with pytest.raises(DHRError, match=r"another model or dataset \(\d+ tensors differ in shape, e.g. net\..*in the file"):
         run(train_cfg(tmp_path, synth_root, f"ckpt_path={ckpt}", "model.aspp_channels=8", "recipe.max_epochs=3"))
     assert torch.load(ckpt, map_location="cpu", weights_only=True)["global_step"] == 6  # refused before training
 
 
-def test_predict_cli_writes_pngs_and_refuses_to_overwrite(tmp_path, synth_root):
+def test_predict_cli_writes_pngs_and_refuses_to_overwrite(tmp_path, synth_root, deeplab_run):
     from dhr.predict import run as predict
-    from dhr.train import run as train
 
-    train(train_cfg(tmp_path, synth_root, "evaluate_after_fit=false"))
-    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ckpt = deeplab_run.ckpt
     out_dir = tmp_path / "preds"
     overrides = predict_overrides(synth_root, ckpt, f"out_dir={out_dir}", "split=train", "infer.flip=false")
     result = predict(compose_cfg("predict", overrides, tmp_path / "p1"))
@@ -85,13 +79,11 @@ def test_predict_cli_writes_pngs_and_refuses_to_overwrite(tmp_path, synth_root):
     assert with_crf["scores_label"]["mIoU"] == pytest.approx(result["scores"]["mIoU"])  # no-CRF maps: as before
 
 
-def test_an_interrupted_prediction_resumes_and_inputs_are_never_written(tmp_path, synth_root, monkeypatch):
+def test_an_interrupted_prediction_resumes_and_inputs_are_never_written(tmp_path, synth_root, deeplab_run, monkeypatch):
     from dhr.callbacks.prediction_writer import PaletteWriter
     from dhr.predict import run as predict
-    from dhr.train import run as train
 
-    train(train_cfg(tmp_path, synth_root, "evaluate_after_fit=false"))
-    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ckpt = deeplab_run.ckpt
     out_dir = tmp_path / "preds"
     overrides = predict_overrides(synth_root, ckpt, f"out_dir={out_dir}", "split=train", "infer.flip=false")
     real = PaletteWriter.write_on_batch_end
@@ -217,13 +209,10 @@ def test_external_seeds_are_checked_before_training(tmp_path, synth_root):
         run(train_cfg(tmp_path, synth_root, "wss=cam"))  # no CAM seeds generated yet
 
 
-def test_cam_baseline_trains_on_tags_and_writes_seeds_with_and_without_crf(tmp_path, synth_root):
+def test_cam_baseline_trains_on_tags_and_writes_seeds_with_and_without_crf(tmp_path, synth_root, cam_run):
     from dhr.predict import run as predict
-    from dhr.train import run as train
 
-    overrides = [o for o in tiny_train_overrides(synth_root) if not o.startswith("model.")]
-    train(compose_cfg("train", [*overrides, "model=cam"], tmp_path / "run"))
-    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    ckpt = cam_run.ckpt
     assert torch.load(ckpt, map_location="cpu", weights_only=True)["dhr_module"] == "dhr.modules.cam.CAMModule"
     wss = tmp_path / "wss"
     overrides = predict_overrides(synth_root, ckpt, f"paths.wss_root={wss}", "model=cam", "split=val")

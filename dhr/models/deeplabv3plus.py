@@ -1,4 +1,8 @@
-"""DeepLabv3+ exactly as ``dhr-method.md`` §4 (ASPP on C5, 48-channel low-level branch, dropouts)."""
+"""DeepLabv3+ exactly as ``dhr-method.md`` §4 (ASPP on C5, 48-channel low-level branch, dropouts).
+
+The widths (ASPP 256, low-level 48, decoder 256) are the paper's; the test suite narrows them to
+train a checkpoint of a few MB.
+"""
 
 from __future__ import annotations
 
@@ -36,7 +40,7 @@ class ASPP(nn.Module):
 
 
 class DeepLabV3PlusHead(nn.Module):
-    """ASPP on C5, upsample to C2, fuse with the 48-channel low-level branch, classify (no bias)."""
+    """ASPP on C5, upsample to C2, fuse with the 48-channel low-level branch, two 3x3 convs, classify (no bias)."""
 
     def __init__(
         self,
@@ -46,6 +50,7 @@ class DeepLabV3PlusHead(nn.Module):
         num_classes: int,
         aspp_channels: int = 256,
         low_level_channels: int = 48,
+        decoder_channels: int = 256,
         rates: Sequence[int] = (12, 24, 36),
         dropout: Sequence[float] = (0.5, 0.5, 0.1),
     ) -> None:
@@ -53,12 +58,12 @@ class DeepLabV3PlusHead(nn.Module):
         self.aspp = ASPP(in_channels=high_channels, channels=aspp_channels, rates=rates, dropout=dropout[0])
         self.low_level = conv_bn_relu(low_channels, low_level_channels, 1)
         self.decoder = nn.Sequential(
-            conv_bn_relu(aspp_channels + low_level_channels, 256, 3),
+            conv_bn_relu(aspp_channels + low_level_channels, decoder_channels, 3),
             nn.Dropout(dropout[1]),
-            conv_bn_relu(256, 256, 3),
+            conv_bn_relu(decoder_channels, decoder_channels, 3),
             nn.Dropout(dropout[2]),
         )
-        self.classifier = nn.Conv2d(256, num_classes, 1, bias=False)
+        self.classifier = nn.Conv2d(decoder_channels, num_classes, 1, bias=False)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -83,13 +88,14 @@ class DeepLabV3Plus(nn.Module):
     """Backbone (C2..C5) + DeepLabv3+ head; ``forward`` gives stride-4 logits."""
 
     def __init__(self, *, backbone: nn.Module, num_classes: int, output_stride: int, aspp_channels: int = 256,
-                 low_level_channels: int = 48, dropout: Sequence[float] = (0.5, 0.5, 0.1)) -> None:
+                 low_level_channels: int = 48, decoder_channels: int = 256,
+                 dropout: Sequence[float] = (0.5, 0.5, 0.1)) -> None:
         super().__init__()
         self.backbone = backbone
         channels = backbone.feature_info.channels()
         self.head = DeepLabV3PlusHead(
             high_channels=channels[-1], low_channels=channels[0], num_classes=num_classes,
-            aspp_channels=aspp_channels, low_level_channels=low_level_channels,
+            aspp_channels=aspp_channels, low_level_channels=low_level_channels, decoder_channels=decoder_channels,
             rates=aspp_rates(output_stride), dropout=dropout,
         )
 

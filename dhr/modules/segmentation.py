@@ -22,10 +22,11 @@ from dhr.ops.inference import labels_per_size, multiscale_probs
 
 
 def build_deeplabv3plus(*, num_classes: int, backbone: dict[str, Any], aspp_channels: int,
-                        low_level_channels: int, dropout: Sequence[float]) -> DeepLabV3Plus:
+                        low_level_channels: int, decoder_channels: int, dropout: Sequence[float]) -> DeepLabV3Plus:
     net, output_stride = backbone_from_cfg(backbone)
     return DeepLabV3Plus(backbone=net, num_classes=num_classes, output_stride=output_stride,
-                         aspp_channels=aspp_channels, low_level_channels=low_level_channels, dropout=dropout)
+                         aspp_channels=aspp_channels, low_level_channels=low_level_channels,
+                         decoder_channels=decoder_channels, dropout=dropout)
 
 
 def legacy_nearest(mask: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -49,6 +50,7 @@ class SegmentationModule(DHRLightningModule):
         ignore_index: int,
         aspp_channels: int,
         low_level_channels: int,
+        decoder_channels: int,
         dropout: Sequence[float],
         optim: dict[str, float],
     ) -> None:
@@ -58,7 +60,8 @@ class SegmentationModule(DHRLightningModule):
         self.infer: dict[str, Any] = {"scales": [1.0], "flip": False}  # single-scale until a predictor sets infer
         self.ignore_index = ignore_index
         self.net = build_deeplabv3plus(num_classes=num_classes, backbone=backbone, aspp_channels=aspp_channels,
-                                       low_level_channels=low_level_channels, dropout=dropout)
+                                       low_level_channels=low_level_channels, decoder_channels=decoder_channels,
+                                       dropout=dropout)
         self.val_confusion = MulticlassConfusionMatrix(num_classes, ignore_index=ignore_index)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:

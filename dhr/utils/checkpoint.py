@@ -101,6 +101,14 @@ def module_class(tag: str, path: str | Path) -> type:
         raise DHRError(f"{path}: module class {tag!r} does not exist in this dhr version") from None
 
 
+def upgraded(hparams: dict[str, Any]) -> dict[str, Any]:
+    """Hyper-parameters of a checkpoint written before a setting existed, with the value it had then:
+    DeepLabv3+'s ``decoder_channels`` was fixed at 256."""
+    if "aspp_channels" in hparams and "decoder_channels" not in hparams:
+        return {**hparams, "decoder_channels": 256}
+    return hparams
+
+
 def without_weight_files(hparams: dict[str, Any]) -> dict[str, Any]:
     """Hyper-parameters that rebuild the module without reading its initial weights (the checkpoint has them).
 
@@ -125,7 +133,7 @@ def load_module(path: str | Path, key: str = "ckpt", num_classes: int | None = N
     state = read_checkpoint(path, key) if state is None else state  # ``state``: the file already read
     if MODULE_KEY not in state or "hyper_parameters" not in state:
         raise DHRError(f"{key}={path}: not a dhr.train checkpoint (no {MODULE_KEY} / hyper_parameters)")
-    hparams = dict(state["hyper_parameters"])
+    hparams = upgraded(dict(state["hyper_parameters"]))
     if num_classes is not None and int(hparams.get("num_classes", num_classes)) != int(num_classes):
         raise DHRError(f"{key}={path}: the checkpoint predicts {hparams['num_classes']} classes but dataset "
                        f"{dataset or ''} has {num_classes}; pick the matching dataset=...")

@@ -90,6 +90,8 @@ def hydra_entry(config_name: str, run: Callable[[Any], Any], returns: Callable[[
         return returns(out) if returns is not None else None
 
     def entry() -> Any:
+        nonlocal started
+        started = False  # per call: an entry point may run more than once in one process (tests, notebooks)
         try:
             return _main()
         except SystemExit as exit_:
