@@ -11,6 +11,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# One CPU thread per test process: the tiny models run no slower so, and the tests that fork this process
+# (DDP with forked ranks, a training run killed by SIGKILL) would deadlock in the child's OpenMP pool otherwise.
+# Subprocesses inherit it, so a run in another interpreter computes exactly as one in this process.
+os.environ["OMP_NUM_THREADS"] = "1"
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 if "DHR_CACHE_DIR" not in os.environ:  # the data-check markers of this test session, not the user's
@@ -33,6 +37,9 @@ from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from dhr.conf_path import CONFIG_DIR  # noqa: E402
+
+if "torch" in sys.modules:  # imported before this file (a plugin): the environment variable came too late
+    sys.modules["torch"].set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -277,6 +284,20 @@ def mask2former_run(synth_root, tmp_path_factory) -> TrainedRun:
     return train_once(tmp_path_factory, "mask2former", tiny_mask2former_overrides(synth_root))
 
 
+def resume_overrides(data_root: Path, workers: int = 0, *extra: str) -> list[str]:
+    """Two epochs of 6 steps with a mid-epoch last.ckpt every 2 steps: the runs the resume tests kill and resume."""
+    return [*without(tiny_train_overrides(data_root), "trainer.limit_train_batches", "recipe.max_epochs",
+                     "recipe.num_workers"),
+            "recipe.max_epochs=2", f"recipe.num_workers={workers}", "evaluate_after_fit=false",
+            "callbacks.last_checkpoint.every_n_train_steps=2", *extra]
+
+
+@pytest.fixture(scope="session")
+def resume_reference(synth_root, tmp_path_factory) -> TrainedRun:
+    """The uninterrupted run (one process) that every killed-and-resumed run must end equal to, bit for bit."""
+    return train_once(tmp_path_factory, "whole", resume_overrides(synth_root))
+
+
 @pytest.fixture(scope="session")
 def pipeline_run(synth_root, tmp_path_factory) -> tuple[Path, dict[str, Any]]:
     """The whole tiny pipeline, run once: (its folder, its report). Tests that change it work on a copy."""
@@ -337,6 +358,24 @@ def cli(entry: str, *args: str, umask: int | None = None) -> CliRun:
         GlobalHydra.instance().clear()
         _reset_logging()
     return CliRun(rc, out.getvalue(), err.getvalue())
+
+
+def in_forked_child(fn: Any) -> int:
+    """Run ``fn()`` in a fork of this process (torch is imported already: no start-up cost) and wait for it.
+
+    Returns what ``subprocess`` would: the exit code, or minus the signal that killed the child."""
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 1
+        try:
+            fn()
+            code = 0
+        except BaseException:  # noqa: BLE001
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
 
 
 def _reset_logging() -> None:
