@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import io
 import os
-import sys
 import zlib
 from pathlib import Path
 
@@ -26,12 +25,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dhr.data.synthetic import SYNTH_CLASSES  # noqa: E402
-from dhr.data.uss import feature_grid  # noqa: E402
-from dhr.utils.imagenet import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from dhr.utils.io import atomic_write_bytes, atomic_write_json, read_label_png, read_rgb  # noqa: E402
+from dhr.data.synthetic import SYNTH_CLASSES
+from dhr.data.uss import feature_grid
+from dhr.utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from dhr.utils.io import atomic_write_bytes, atomic_write_json, read_label_png, read_rgb
 
 
 def colour_map(split_dir: Path, stem: str, path: Path, patch: int) -> torch.Tensor:

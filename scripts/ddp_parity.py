@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 TINY = {"num_train": 24, "num_val": 8, "min_size": 56, "max_size": 72, "seed": 0}
 CAUSE = ["model=cause", "backbone.embed_dim=16", "backbone.depth=1", "model.num_concepts=16", "model.reduced_dim=8",

@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dhr.data.synthetic import write_erased_seeds  # noqa: E402
+from dhr.data.synthetic import write_erased_seeds
 
 
 def main() -> None:

@@ -15,16 +15,13 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from hydra import compose, initialize_config_dir  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-
-from dhr.conf_path import CONFIG_DIR  # noqa: E402
-from dhr.data.layout import DatasetInfo, DatasetLayout  # noqa: E402
-from dhr.ops.metrics import scores_from_confusion  # noqa: E402
-from dhr.utils.io import read_label_png  # noqa: E402
+from dhr.conf_path import CONFIG_DIR
+from dhr.data.layout import DatasetInfo, DatasetLayout
+from dhr.ops.metrics import scores_from_confusion
+from dhr.utils.io import read_label_png
 
 
 def family_map(classes: list[str], families: list[list[str]]) -> tuple[np.ndarray, list[str]]:
@@ -70,4 +67,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        sys.exit(print(__doc__))
     main(sys.argv[1:])

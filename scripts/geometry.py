@@ -22,15 +22,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dhr.utils.io import read_label_png  # noqa: E402
+from dhr.utils.io import read_label_png
 
 
 def image_objects(label: np.ndarray, background: int, min_pixels: int) -> list[tuple[int, float]]:

@@ -15,22 +15,18 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf, open_dict
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from hydra import compose, initialize_config_dir  # noqa: E402
-from hydra.utils import instantiate  # noqa: E402
-from omegaconf import OmegaConf, open_dict  # noqa: E402
-
-from dhr.conf_path import CONFIG_DIR  # noqa: E402
-from dhr.ops.crf import PassThroughCRF  # noqa: E402
-from dhr.ops.metrics import scores_from_confusion  # noqa: E402
-from dhr.ops.relabel import relabel  # noqa: E402
-from dhr.utils.checkpoint import MODULE_KEY, model_weights, module_class, read_checkpoint  # noqa: E402
+from dhr.conf_path import CONFIG_DIR
+from dhr.ops.crf import PassThroughCRF
+from dhr.ops.metrics import scores_from_confusion
+from dhr.ops.relabel import relabel
+from dhr.utils.checkpoint import MODULE_KEY, model_weights, module_class, read_checkpoint
 
 SETTINGS = {"seeds": None, "1": [1], "1,2": [1, 2], "1,2,3": [1, 2, 3], "2": [2], "2,3": [2, 3]}
 
@@ -97,4 +93,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        sys.exit(print(__doc__))
     main()

@@ -18,17 +18,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+from dhr_reference.batches import random_relabel_batch
+from dhr_reference.relabel import reference_relabel
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from dhr.ops import relabel as R  # noqa: E402
-from dhr.ops.crf import CRFParams, CRFRunner, PassThroughCRF, pydensecrf_installed  # noqa: E402
-from dhr.reference.batches import random_relabel_batch  # noqa: E402
-from dhr.reference.relabel import reference_relabel  # noqa: E402
+from dhr.ops import relabel as R
+from dhr.ops.crf import CRFParams, CRFRunner, PassThroughCRF, pydensecrf_installed
 
 
 def step3_groups(sample: dict, cfg: R.RelabelConfig) -> int:

@@ -18,19 +18,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from hydra import compose, initialize_config_dir  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
-
-from dhr.conf_path import CONFIG_DIR  # noqa: E402
-from dhr.models.frozen import frozen_from_cfg  # noqa: E402
-from dhr.ops.hungarian import family_merges, hungarian_scores  # noqa: E402
-from dhr.ops.kmeans import spherical_kmeans  # noqa: E402
-from dhr.utils.imagenet import normalize_rgb  # noqa: E402
-from dhr.utils.io import read_label_png  # noqa: E402
+from dhr.conf_path import CONFIG_DIR
+from dhr.models.frozen import frozen_from_cfg
+from dhr.ops.hungarian import family_merges, hungarian_scores
+from dhr.ops.kmeans import spherical_kmeans
+from dhr.utils.imagenet import normalize_rgb
+from dhr.utils.io import read_label_png
 
 
 def backbone_cfg(option: str, **extra: object) -> dict:
@@ -99,4 +96,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        sys.exit(print(__doc__))
     main()

@@ -23,21 +23,17 @@ A diagnostic only: GT is never used for training.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from hydra import compose, initialize_config_dir  # noqa: E402
-from hydra.utils import instantiate  # noqa: E402
-
-from dhr.conf_path import CONFIG_DIR  # noqa: E402
-from dhr.ops.hungarian import family_merges, hungarian_scores  # noqa: E402
-from dhr.ops.kmeans import spherical_kmeans  # noqa: E402
-from dhr.utils.checkpoint import model_weights, read_checkpoint  # noqa: E402
+from dhr.conf_path import CONFIG_DIR
+from dhr.ops.hungarian import family_merges, hungarian_scores
+from dhr.ops.kmeans import spherical_kmeans
+from dhr.utils.checkpoint import model_weights, read_checkpoint
 
 ARGS = ("ckpt", "over")
 
@@ -119,4 +115,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        sys.exit(print(__doc__))
     main()

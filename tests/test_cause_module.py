@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import compose_cfg, copy_run, model_hparams, tiny_cause_overrides
+from conftest import compose_cfg, copy_run, model_hparams
 
 from dhr.modules.cause import CauseModule
 

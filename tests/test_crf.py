@@ -135,7 +135,8 @@ def test_denormalize_truncates():
 
 def test_denormalize_is_the_release_float64_arithmetic_on_every_level():
     """All 256 levels of each channel, normalised in float32 as the data loader does (dhr-method.md §5.1)."""
-    from dhr.reference.relabel import release_denormalize
+    from dhr_reference.relabel import release_denormalize
+
     from dhr.utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
     levels = np.repeat(np.arange(256, dtype=np.float32)[:, None], 3, axis=1)  # (256, 3): every level of R, G, B

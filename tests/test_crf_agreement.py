@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import SHARED_DATA
+from dhr_reference.crf_cases import agreement_cases, argmax_agreement
 
 from dhr.ops.crf import CRFParams, dense_crf, pydensecrf_installed
-from dhr.reference.crf_cases import agreement_cases, argmax_agreement
 
 pytestmark = pytest.mark.slow
 PARAMS = CRFParams.defaults()

@@ -1,8 +1,9 @@
 """The import layers of ../shared/DESIGN.md §2, checked by parsing every import (lazy ones too).
 
-pipeline -> entry points -> engine | report -> modules | callbacks -> models | ops | data | reference -> utils -> errors,
+pipeline -> entry points -> engine | report -> modules | callbacks -> models | ops | data -> utils -> errors,
 conf_path. A unit may import itself and any unit of a lower layer, never one of its own layer or
-above; scripts and tests never import each other.
+above; scripts and tests never import each other; the package never imports the development-only
+references (``reference/``, package ``dhr_reference``) or anything of the tests.
 """
 
 from __future__ import annotations
@@ -10,14 +11,14 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from conftest import REPO
+from conftest import DEV_ONLY, REPO
 
 LAYERS = [
     {"dhr.pipeline"},  # runs the other entry points in order
     {"dhr.train", "dhr.predict", "dhr.evaluate", "dhr.features", "dhr.prepare", "dhr.doctor", "dhr.weights"},  # entry points: none imports another
     {"dhr.engine", "dhr.report"},  # what the entry points share; the pipeline's report
     {"dhr.modules", "dhr.callbacks"},
-    {"dhr.models", "dhr.ops", "dhr.data", "dhr.reference"},
+    {"dhr.models", "dhr.ops", "dhr.data"},
     {"dhr.utils"},
     {"dhr.errors", "dhr.conf_path"},
 ]
@@ -68,6 +69,12 @@ def test_scripts_and_tests_do_not_import_each_other():
              if t.split(".")[0] in ("tests", "conftest")]
     wrong += [f"{p.relative_to(REPO)} imports {t}" for p in (REPO / "tests").rglob("*.py") for t in imports(p)
               if t.split(".")[0] == "scripts"]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_the_package_imports_nothing_of_the_development_set_up():
+    wrong = [f"{p.relative_to(REPO)} imports {t}" for p in sorted((REPO / "dhr").rglob("*.py")) for t in imports(p)
+             if t.split(".")[0] in DEV_ONLY]
     assert not wrong, "\n".join(wrong)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from conftest import DDP_FORK, compose_cfg, copy_run, predict_overrides, tiny_mask2former_overrides
 

@@ -3,11 +3,17 @@ stage resumed, the report.json schema, the figures, and plain progress lines in 
 
 from __future__ import annotations
 
-import json
 import logging
 
 import pytest
-from conftest import TINY_STAGE, compose_cfg, copy_run, listed, tiny_pipeline_overrides, tiny_train_overrides
+from conftest import (
+    TINY_STAGE,
+    compose_cfg,
+    copy_run,
+    listed,
+    tiny_pipeline_overrides,
+    tiny_train_overrides,
+)
 
 from dhr.pipeline import READS, STAGES, split_argv
 

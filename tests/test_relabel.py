@@ -1,5 +1,5 @@
 """DHR relabelling (dhr-method.md §5): each convention against its reference, the whole batch
-against the literal per-cell reference in ``dhr/reference/relabel.py`` (its own de-normalisation
+against the literal per-cell reference in ``reference/dhr_reference/relabel.py`` (its own de-normalisation
 and pydensecrf call), with the CRF on, under bf16 autocast, and with the release-parity switches."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from dhr_reference.batches import random_relabel_batch
+from dhr_reference.relabel import cell_is_valid, reference_relabel, vote
 
 from dhr.ops import relabel as R
 from dhr.ops.crf import CRFParams, CRFRunner, dense_crf, pydensecrf_installed
-from dhr.reference.batches import random_relabel_batch
-from dhr.reference.relabel import cell_is_valid, reference_relabel, vote
 
 CRF = CRFParams.defaults(processes=1)
 

@@ -65,17 +65,3 @@ def modularity_loss(x: torch.Tensor, codebook: torch.Tensor, *, tau: float = 0.1
     delta = torch.tanh(ci * cj / tau)
     q = (w * delta).sum((1, 2)) / e
     return -q.mean()
-
-
-def modularity_loss_reference(x: torch.Tensor, codebook: torch.Tensor, tau: float = 0.1) -> torch.Tensor:
-    """The release's formula with the full B x K x P x P tensor (tests only)."""
-    x = F.normalize(x.float(), dim=-1)
-    m = F.normalize(codebook.float(), dim=-1)
-    p = x.shape[1]
-    a = (x @ x.transpose(1, 2)).clamp_min(0) * (1 - torch.eye(p, device=x.device))
-    d = a.sum(-1)
-    e = d.sum(-1)
-    w = a - d.unsqueeze(-1) * d.unsqueeze(-2) / e.view(-1, 1, 1)
-    c = (x @ m.t()).clamp_min(0)
-    delta = torch.tanh(torch.einsum("bik,bjk->bkij", c, c) / tau).max(dim=1).values
-    return -((w * delta).sum((1, 2)) / e).mean()

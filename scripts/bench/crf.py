@@ -4,7 +4,7 @@
                                 [--chunk auto 1 4 16]
 
 Agreement: real photographs of ../shared/data (VOC val, VOC val_crop513, COCO128), random crops
-of 128-512 px with random CAM-like unaries of 2-21 labels (``dhr/reference/crf_cases.py``); the
+of 128-512 px with random CAM-like unaries of 2-21 labels (``reference/dhr_reference/crf_cases.py``); the
 torch backend on ``--device`` against pydensecrf, per case and as mean and worst share of pixels
 with the same argmax, and the largest |dQ|. Speed: ``--crops`` crops of ``--size`` with ``--labels``
 labels cut from those photographs; pydensecrf serially and in a pool of all cores, the torch backend
@@ -22,13 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from dhr_reference.crf_cases import agreement_cases, argmax_agreement, random_crop, random_unaries
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from dhr.ops.crf import CRFParams, CRFRunner, pydensecrf_installed
 
-from dhr.ops.crf import CRFParams, CRFRunner, pydensecrf_installed  # noqa: E402
-from dhr.reference.crf_cases import agreement_cases, argmax_agreement, random_crop, random_unaries  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 DATA = ROOT.parent / "shared" / "data"
 FOLDERS = ("voc2012_sample/val", "voc2012_sample/val_crop513", "coco128_seg/train2017")

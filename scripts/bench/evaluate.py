@@ -21,11 +21,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from dhr.data.palette import make_palette
+from dhr.utils.io import save_label_png
 
-from dhr.data.palette import make_palette  # noqa: E402
-from dhr.utils.io import save_label_png  # noqa: E402
+REPO = Path(__file__).resolve().parents[2]
 
 NUM_CLASSES = 21
 

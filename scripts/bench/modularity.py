@@ -16,13 +16,11 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import torch
+from dhr_reference.modularity import modularity_loss_reference
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
-from dhr.ops.modularity import modularity_loss, modularity_loss_reference  # noqa: E402
+from dhr.ops.modularity import modularity_loss
 
 VARIANTS = {"chunked": modularity_loss, "release": modularity_loss_reference}
 

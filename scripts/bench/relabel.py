@@ -16,20 +16,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from dhr_reference.batches import blank_outside_boxes
+from dhr_reference.relabel import reference_relabel
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-from dhr.ops import relabel as R  # noqa: E402
-from dhr.ops.crf import CRFParams, CRFRunner, PassThroughCRF, pydensecrf_installed  # noqa: E402
-from dhr.reference.batches import blank_outside_boxes  # noqa: E402
-from dhr.reference.relabel import reference_relabel  # noqa: E402
+from dhr.ops import relabel as R
+from dhr.ops.crf import CRFParams, CRFRunner, PassThroughCRF, pydensecrf_installed
 
 
 def make_batch(b: int, s: int, seed: int = 0) -> dict:
