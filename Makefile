@@ -11,12 +11,12 @@ export WANDB_MODE ?= disabled
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml reference/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -e ".[dev,slurm,pretrained,crf]" numpy cython
+	$(PY) -m pip install -q -e ".[dev,slurm,pretrained,crf]" -e ./reference numpy cython
 	touch $@
 
-setup: $(VENV)/.installed  ## create .venv and install dhr with its dev, slurm, pretrained and crf extras
+setup: $(VENV)/.installed  ## create .venv; install dhr with its dev, slurm, pretrained and crf extras, and the test references
 
 test: setup  ## run the whole test suite
 	$(PY) -m pytest -q

@@ -330,17 +330,23 @@ class CliRun:
 
 def cli(entry: str, *args: str, umask: int | None = None) -> CliRun:
     """``python -m <entry> <args>`` run in this process: sys.argv patched, ``main()`` called, the exit status
-    and both streams captured. An exception that escapes ``main()`` is printed as Python would print it
-    (rc 1, a traceback on stderr), so a test tells a user-grade error from a crash."""
+    and both streams captured. The root logger starts without handlers, as in a new interpreter (pytest's
+    are put back after), so a command's own logging set-up decides what it prints. An exception that
+    escapes ``main()`` is printed as Python would print it (rc 1, a traceback on stderr), so a test tells a
+    user-grade error from a crash."""
     import importlib
+    import logging
 
     module = importlib.import_module(entry)
     out, err = io.StringIO(), io.StringIO()
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
     argv, old_umask = sys.argv, None if umask is None else os.umask(umask)
     sys.argv = [entry, *args]
     GlobalHydra.instance().clear()
     rc = 0
     try:
+        root.handlers, root.level = [], logging.WARNING
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             try:
                 module.main()
@@ -357,7 +363,10 @@ def cli(entry: str, *args: str, umask: int | None = None) -> CliRun:
         if old_umask is not None:
             os.umask(old_umask)
         GlobalHydra.instance().clear()
-        _reset_logging()
+        for handler in root.handlers:  # the command's own: its streams and log files are finished
+            with contextlib.suppress(Exception):
+                handler.close()
+        root.handlers, root.level = saved_handlers, saved_level
     return CliRun(rc, out.getvalue(), err.getvalue())
 
 
@@ -377,17 +386,3 @@ def in_forked_child(fn: Any) -> int:
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-
-
-def _reset_logging() -> None:
-    """Hydra's job logging writes to the streams of the command it configured: detach them from the root
-    logger so that later tests do not log into a finished command's buffers or files."""
-    import logging
-
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if type(handler).__module__.startswith("_pytest"):
-            continue
-        root.removeHandler(handler)
-        with contextlib.suppress(Exception):
-            handler.close()
