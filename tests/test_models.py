@@ -36,7 +36,7 @@ def test_output_stride_16_dilates_layer4_only():
 
 def test_deeplabv3plus_structure_and_shapes():
     net = build_deeplabv3plus(num_classes=5, backbone={"name": "resnet18", "output_stride": 8}, aspp_channels=256,
-                              low_level_channels=48, dropout=(0.5, 0.5, 0.1))
+                              low_level_channels=48, decoder_channels=256, dropout=(0.5, 0.5, 0.1))
     aspp = net.head.aspp
     assert [br[0].dilation[0] for br in aspp.branches[1:]] == [12, 24, 36] and aspp_rates(16) == (6, 12, 18)
     assert net.head.low_level[0].out_channels == 48 and net.head.classifier.bias is None
@@ -46,6 +46,23 @@ def test_deeplabv3plus_structure_and_shapes():
     out = net.forward_features(torch.randn(2, 3, 64, 80))
     assert out["logits"].shape == (2, 5, 16, 20)  # stride 4
     assert out["c5"].shape[-2:] == (8, 10) and out["c4"].shape[1] == 256
+    assert [m.out_channels for m in net.head.decoder.modules() if isinstance(m, nn.Conv2d)] == [256, 256]
+
+
+def test_the_test_backbone_and_narrow_heads_make_a_checkpoint_of_about_a_megabyte():
+    """backbone=test_resnet with the test suite's widths: what every training test trains (conftest.TINY_HEADS)."""
+    from conftest import model_hparams
+
+    from dhr.modules.segmentation import SegmentationModule
+
+    hparams = model_hparams("deeplabv3plus", ["backbone=test_resnet", "model.aspp_channels=16", "model.low_level_channels=8",
+                                              "model.decoder_channels=16"])
+    module = SegmentationModule(**hparams)
+    assert module.net.backbone.feature_info.channels() == [32, 48, 192, 96]
+    assert [m.out_channels for m in module.net.head.decoder.modules() if isinstance(m, nn.Conv2d)] == [16, 16]
+    assert sum(p.numel() for p in module.parameters()) < 500_000  # ResNet-18 with the paper's widths: 15.8 M
+    logits = module(torch.randn(2, 3, 48, 48))
+    assert logits.shape == (2, 9, 12, 12)
 
 
 def test_local_weights_load_bit_exact(tmp_path):

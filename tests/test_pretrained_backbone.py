@@ -99,6 +99,7 @@ def test_config_composes_and_builds_the_pretrained_segmentation_model():
 
     backbone = model_node("deeplabv3plus", ["backbone=efficientnet_lite0"])["backbone"]
     assert backbone["weights_package"] == PACKAGE
-    net = build_deeplabv3plus(num_classes=9, backbone=backbone, aspp_channels=32, low_level_channels=8, dropout=(0.1, 0.1, 0.1))
+    net = build_deeplabv3plus(num_classes=9, backbone=backbone, aspp_channels=32, low_level_channels=8,
+                              decoder_channels=32, dropout=(0.1, 0.1, 0.1))
     assert net.eval()(torch.randn(1, 3, 64, 64)).shape == (1, 9, 16, 16)
     assert json.dumps(backbone)  # plain types: it goes into checkpoints' hyper-parameters
