@@ -6,7 +6,10 @@ the other. Layer: below the entry points, above modules and callbacks.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -22,18 +25,17 @@ def compose_run(config_name: str, overrides: list[str], output_dir: Path) -> Dic
     so that ``${hydra:...}`` interpolations and launch checks see this run, then drops the
     ``hydra`` node.
     """
-    from hydra import compose, initialize_config_dir
+    import copy
+
+    from hydra import compose
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
-    from dhr.conf_path import CONFIG_DIR
-
-    if GlobalHydra.instance().is_initialized():
+    if GlobalHydra.instance().is_initialized():  # inside a running entry point: its own search path
         cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
     else:
-        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-            cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+        cfg = copy.deepcopy(_composed(config_name, tuple(overrides), _config_signature(), os.getcwd()))
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(output_dir)
         cfg.hydra.job.num = 0
@@ -42,6 +44,26 @@ def compose_run(config_name: str, overrides: list[str], output_dir: Path) -> Dic
         cfg.paths.output_dir = str(output_dir)
         del cfg["hydra"]
     return cfg
+
+
+@functools.lru_cache(maxsize=512)
+def _composed(config_name: str, overrides: tuple[str, ...], signature: str, cwd: str) -> DictConfig:
+    """One composition per config, overrides and state of ``conf/``: the pipeline composes each stage's runs
+    several times (its cache key, the runs themselves), at ~0.3 s each. Callers get a deep copy."""
+    from hydra import compose, initialize_config_dir
+
+    from dhr.conf_path import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        return compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
+
+
+def _config_signature() -> str:
+    """Names, sizes and modification times of every file under ``conf/``: an edited config composes anew."""
+    from dhr.conf_path import CONFIG_DIR
+
+    entries = sorted((str(p), st.st_size, st.st_mtime_ns) for p in CONFIG_DIR.rglob("*.yaml") for st in [p.stat()])
+    return hashlib.sha256(repr(entries).encode()).hexdigest()
 
 
 def check_pretrained(*backbones: Any) -> None:
