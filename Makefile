@@ -18,11 +18,11 @@ $(VENV)/.installed: pyproject.toml reference/pyproject.toml
 
 setup: $(VENV)/.installed  ## create .venv; install dhr with its dev, slurm, pretrained and crf extras, and the test references
 
-test: setup  ## run the whole test suite (PYTEST_ARGS=... passes more options)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+test: setup  ## run the whole test suite, one worker per core (PYTEST_ARGS=... passes more options)
+	$(PY) -m pytest -q -n auto $(PYTEST_ARGS)
 
-test-fast: setup  ## skip the tests marked slow
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+test-fast: setup  ## skip the tests marked slow (real subprocesses: launchers, packaging, SIGKILLed DDP)
+	$(PY) -m pytest -q -n auto -m "not slow" $(PYTEST_ARGS)
 
 demo: setup  ## the weakly-supervised pipeline on the generated synthetic set: seeds, CAUSE, DHR, final model, report
 	$(PY) -m dhr.pipeline

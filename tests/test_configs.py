@@ -53,8 +53,7 @@ def test_every_dataset_has_a_recipe_and_picks_it(tmp_path):
 
 
 def test_dhr_switches_live_under_model_dhr_and_sweep(tmp_path):
-    import subprocess
-    import sys
+    from conftest import cli
 
     cfg = compose_cfg("train", ["model=dhr", "model.dhr.tau=0.5", "model.dhr.step1.bg_mode=official"], tmp_path)
     assert cfg.model.dhr.tau == 0.5 and cfg.model.dhr.step1.bg_mode == "official" and "dhr" not in cfg
@@ -62,9 +61,8 @@ def test_dhr_switches_live_under_model_dhr_and_sweep(tmp_path):
 
     parsed = RelabelConfig.from_cfg(OmegaConf.to_container(cfg.model.dhr, resolve=True))
     assert parsed.tau == 0.5 and parsed.step1.bg_mode == "official"
-    shown = subprocess.run([sys.executable, "-m", "dhr.train", "model=dhr", "model.dhr.tau=0.5", "--cfg", "job"],
-                           capture_output=True, text=True, timeout=120, check=True).stdout
-    assert OmegaConf.create(shown).model.dhr.tau == 0.5
+    shown = cli("dhr.train", "model=dhr", "model.dhr.tau=0.5", "--cfg", "job")
+    assert shown.rc == 0 and OmegaConf.create(shown.stdout).model.dhr.tau == 0.5
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
 

@@ -1,7 +1,7 @@
 """Benchmark: the dense CRF's backends, agreement with pydensecrf and images/s.
 
     python scripts/bench/crf.py [--backend torch pydensecrf] [--device cpu|cuda] [--per-image 4] [--crops 16]
-                                [--chunk auto 1 4 16]
+                                [--chunk auto 1 4 16] [--data DIR] [--json PATH]
 
 Agreement: real photographs of ../shared/data (VOC val, VOC val_crop513, COCO128), random crops
 of 128-512 px with random CAM-like unaries of 2-21 labels (``reference/dhr_reference/crf_cases.py``); the
@@ -9,14 +9,16 @@ torch backend on ``--device`` against pydensecrf, per case and as mean and worst
 with the same argmax, and the largest |dQ|. Speed: ``--crops`` crops of ``--size`` with ``--labels``
 labels cut from those photographs; pydensecrf serially and in a pool of all cores, the torch backend
 in one batched call (warm: the Gaussian lattice of the size is built on the first call), with
-ratios against pydensecrf serial measured in the same run.
+ratios against pydensecrf serial measured in the same run. Where the photographs are not at hand
+(``--data``, default ``../shared/data``; a GPU machine gets the checkout alone), images of the
+synthetic set stand in and the output says so. ``--json`` writes the numbers.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -33,11 +35,20 @@ DATA = ROOT.parent / "shared" / "data"
 FOLDERS = ("voc2012_sample/val", "voc2012_sample/val_crop513", "coco128_seg/train2017")
 
 
-def photographs(per_folder: int) -> list[Path]:
-    paths = [p for folder in FOLDERS for p in sorted((DATA / folder / "image").glob("*.jpg"))[:per_folder]]
-    if not paths:
-        sys.exit(f"no photographs under {DATA}: this benchmark reads ../shared/data")
-    return paths
+def photographs(data: Path, per_folder: int) -> list[Path]:
+    """The photographs of ``data``; without them, images of the synthetic set (generated into a temporary folder)."""
+    paths = [p for folder in FOLDERS for p in sorted((data / folder / "image").glob("*.jpg"))[:per_folder]]
+    if paths:
+        return paths
+    import tempfile
+
+    from dhr.data.synthetic import generate
+
+    root = Path(tempfile.mkdtemp(prefix="crf-bench-"))
+    generate(root, "SYNTH", progress=False, num_train=per_folder * len(FOLDERS), num_val=1, min_size=512, max_size=640,
+             seed=0)
+    print(f"no photographs under {data}: images of the synthetic set stand in (generated in {root})")
+    return sorted((root / "SYNTH" / "train" / "image").glob("*.jpg"))
 
 
 def agreement(paths: list[Path], per_image: int, device: torch.device) -> None:
@@ -72,7 +83,7 @@ def timed(fn, device: torch.device, repeats: int = 2) -> float:
 
 
 def speed(paths: list[Path], crops: int, size: int, labels: int, backends: list[str], device: torch.device,
-          chunks: list[int | str]) -> None:
+          chunks: list[int | str]) -> dict[str, float]:
     rng = np.random.default_rng(0)
     images, probs = [], []
     for i in range(crops):
@@ -84,7 +95,8 @@ def speed(paths: list[Path], crops: int, size: int, labels: int, backends: list[
         images.append(torch.from_numpy(crop))
         probs.append(torch.from_numpy(random_unaries(rng, labels, size, size)))
     print(f"speed: {crops} crops of {size}x{size}, {labels} labels, 10 iterations")
-    rates = {}
+    rates: dict[str, float] = {}
+    seconds_of: dict[str, float] = {}
     if "pydensecrf" in backends:
         cores = os.cpu_count() or 1
         one = CRFRunner(CRFParams.defaults(backend="pydensecrf", processes=1))
@@ -98,11 +110,14 @@ def speed(paths: list[Path], crops: int, size: int, labels: int, backends: list[
             runner(*on_dev)  # warm-up
             seconds = timed(lambda: runner(*on_dev), device)  # noqa: B023 - timed now, in this iteration
             rates[f"torch on {device}, chunk {runner.params.chunk_for(device)}"] = crops / seconds
+            seconds_of.setdefault("torch_seconds", seconds)  # the first chunk setting (auto by default)
             print(f"  torch, chunk {runner.params.chunk_for(device)}: {seconds:.3f} s for the {crops} crops")
     base = rates.get("pydensecrf, 1 process")
     for name, rate in rates.items():
         ratio = f"   {rate / base:6.2f}x pydensecrf serial" if base else ""
         print(f"  {name:32s} {rate:8.2f} images/s{ratio}")
+    return {**seconds_of, "images_per_s": rates, **({"torch_over_pydensecrf_serial": max(
+        r for k, r in rates.items() if k.startswith("torch")) / base} if base and "torch" in backends else {})}
 
 
 def main() -> None:
@@ -115,17 +130,22 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--labels", type=int, default=21)
     parser.add_argument("--chunk", nargs="+", default=["auto"], help="torch backend: crops per call (auto, or numbers)")
+    parser.add_argument("--data", type=Path, default=DATA, help="the shared photographs (default ../shared/data)")
+    parser.add_argument("--json", type=Path, help="write the numbers to this file")
     args = parser.parse_args()
     device = torch.device(args.device)
     backends = list(args.backend)
     if "pydensecrf" in backends and not pydensecrf_installed():
         print("pydensecrf is not installed (pip install -e '.[crf]'): timing the torch backend alone")
         backends.remove("pydensecrf")
-    paths = photographs(args.images)
+    paths = photographs(args.data, args.images)
     if "pydensecrf" in backends and "torch" in backends and args.per_image > 0:
         agreement(paths, args.per_image, device)
     chunks = [c if c == "auto" else int(c) for c in args.chunk]
-    speed(paths, args.crops, args.size, args.labels, backends, device, chunks)
+    numbers = speed(paths, args.crops, args.size, args.labels, backends, device, chunks)
+    if args.json:
+        args.json.write_text(json.dumps({"device": str(device), "crops": args.crops, "size": args.size,
+                                         "labels": args.labels, **numbers}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
