@@ -6,7 +6,7 @@ export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= disabled
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast demo supervised lint bench parity clean
+.PHONY: help setup test test-fast demo supervised lint bench parity gpu-check gpu-wheels clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,12 +33,23 @@ supervised: setup  ## train + evaluate supervised DeepLabv3+ on the synthetic se
 lint: setup  ## ruff
 	$(PY) -m ruff check dhr tests scripts
 
-bench: setup  ## benchmarks: evaluator vs the release's loop, relabelling vs the literal reference
-	$(PY) scripts/bench/evaluate.py
-	$(PY) scripts/bench/relabel.py
+bench: setup  ## benchmarks (evaluator, relabelling), compared with the figures in docs/bench-figures.json (~7 min)
+	@mkdir -p outputs/bench
+	$(PY) scripts/bench/evaluate.py --json outputs/bench/evaluate.json
+	$(PY) scripts/bench/relabel.py --json outputs/bench/relabel.json
+	$(PY) scripts/bench/compare.py outputs/bench/evaluate.json outputs/bench/relabel.json
 
 parity: setup  ## batched relabelling vs the literal reference of the release, 512 crops with the CRF (~3 min)
 	$(PY) scripts/relabel_parity.py --samples 20
+
+# On a GPU machine: the .venv when there is one, else the machine's python3 (the steps run from this checkout).
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+
+gpu-check:  ## the GPU acceptance run (< 8 min on one CUDA GPU): summary in outputs/gpu-check/; exits 2 without a GPU
+	$(GPU_PY) scripts/gpu_check.py
+
+gpu-wheels: setup  ## wheels of what a bare GPU image lacks (Python 3.12), into .whl/, to carry there (docs/benchmarks.md)
+	$(PY) -m pip wheel -q --no-deps -w .whl $$($(PY) -m pip freeze | grep -iE '^(hydra-core|omegaconf|antlr4-python3-runtime)==')
 
 clean:  ## remove outputs and caches (keeps .venv and data/)
 	rm -rf outputs multirun .pytest_cache .ruff_cache

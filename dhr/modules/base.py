@@ -16,6 +16,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
+from dhr.ops.argmax import argmax
 from dhr.ops.crf import CRFParams, CRFRunner
 from dhr.ops.metrics import scores_from_confusion
 from dhr.utils.checkpoint import MODULE_KEY, module_tag
@@ -38,7 +39,7 @@ class DHRLightningModule(pl.LightningModule):
         if self.crf_runner is None:
             raise RuntimeError("no CRF runner: call init_crf or set_crf first")
         probs = scores.float() / scores.float().sum(1, keepdim=True).clamp_min(1e-5)
-        return self.crf_runner.on_normalised(images, probs).argmax(1).to(torch.uint8).cpu()
+        return argmax(self.crf_runner.on_normalised(images, probs), 1).to(torch.uint8).cpu()
 
     def log_val_confusion(self, confusion: Any) -> None:
         """Log val/mIoU, val/mFPR, val/mFNR (the official metric) of an accumulated confusion matrix; reset it."""

@@ -18,6 +18,7 @@ from dhr.errors import DHRError
 from dhr.models.backbones import backbone_from_cfg
 from dhr.modules.base import DHRLightningModule
 from dhr.modules.optim import OptimConfig, poly_sgd
+from dhr.ops.argmax import argmax
 from dhr.ops.inference import multiscale_flip
 
 
@@ -84,7 +85,7 @@ class CAMModule(DHRLightningModule):
             raise DHRError("CAM seeds need image-level tags for the predicted split (xml/ or cls_labels.json)")
         cams = self.multiscale_cams(batch["image"], list(inf["scales"]), bool(inf["flip"]))
         scores = self.seed_probs(cams, batch["tags"])
-        labels = scores.argmax(1)
+        labels = argmax(scores, 1)
         out = {"id": batch["id"], "label": labels.to(torch.uint8).cpu()}
         if inf["crf"]:
             out["label_crf"] = self.crf_labels(batch["image"], scores)

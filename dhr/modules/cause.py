@@ -21,6 +21,7 @@ from dhr.errors import DHRError
 from dhr.models.cause_heads import SegmentMLP, SegmentTR
 from dhr.models.frozen import frozen_from_cfg
 from dhr.modules.base import DHRLightningModule
+from dhr.ops.argmax import argmax
 from dhr.ops.contrastive import ConceptBank, concept_contrastive_loss
 from dhr.ops.hungarian import hungarian_scores
 from dhr.ops.metrics import scores_from_confusion
@@ -252,7 +253,7 @@ class CauseModule(DHRLightningModule):
         scores = F.interpolate(torch.log_softmax(3 * cos, dim=1), size=size, mode="bilinear", align_corners=False)
         probs = torch.softmax(scores, dim=1).float()
         rgb = F.interpolate(image, size=size, mode="bilinear", align_corners=False)
-        return self.crf_runner.on_normalised(rgb, probs).argmax(1).to(image.device)
+        return argmax(self.crf_runner.on_normalised(rgb, probs), 1).to(image.device)
 
     def on_validation_epoch_start(self) -> None:
         n = self.hparams.num_classes

@@ -17,6 +17,7 @@ from torch import nn
 
 from dhr.errors import DHRError
 from dhr.modules.segmentation import SegmentationModule, legacy_nearest
+from dhr.ops.argmax import argmax
 from dhr.ops.inference import multiscale_probs
 from dhr.ops.relabel import RelabelConfig, cam_box, relabel
 from dhr.utils.checkpoint import MODULE_KEY, model_weights, read_checkpoint
@@ -134,7 +135,7 @@ class DHRModule(SegmentationModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         inf = self.infer
         probs = multiscale_probs(self.net, batch["image"], inf["scales"], inf["flip"]).float()
-        out = {"id": batch["id"], "label": probs.argmax(1).to(torch.uint8).cpu()}
+        out = {"id": batch["id"], "label": argmax(probs, 1).to(torch.uint8).cpu()}
         if inf["crf"]:
             out["label_crf"] = torch.stack([self.threshold_crf(im, p, float(inf["threshold"]))
                                             for im, p in zip(batch["image"], probs, strict=True)])
@@ -150,5 +151,5 @@ class DHRModule(SegmentationModule):
         if self.infer["fp16_maps"]:
             maps = maps.half().float()
         q = self.crf_runner.on_normalised(image[None], maps[None])[0]
-        return kept[q.argmax(0)].to(torch.uint8).cpu()
+        return kept[argmax(q, 0)].to(torch.uint8).cpu()
 

@@ -19,6 +19,7 @@ from dhr.models.backbones import backbone_from_cfg
 from dhr.models.mask2former import Mask2Former, semantic_inference, semantic_to_instances
 from dhr.modules.base import DHRLightningModule
 from dhr.modules.optim import AdamWConfig, poly_adamw
+from dhr.ops.argmax import argmax
 from dhr.ops.inference import labels_per_size, multiscale_probs
 
 
@@ -100,7 +101,7 @@ class Mask2FormerModule(DHRLightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         image = batch["image"]
         scores = multiscale_probs(self.net.semantic_scores, image, self.infer["scales"], self.infer["flip"], softmax=False)
-        out = {"id": batch["id"], "label": scores.argmax(1).to(torch.uint8).cpu()}
+        out = {"id": batch["id"], "label": argmax(scores, 1).to(torch.uint8).cpu()}
         if self.infer.get("crf"):
             out["label_crf"] = self.crf_labels(image, scores)
         return out

@@ -18,6 +18,7 @@ from dhr.models.backbones import backbone_from_cfg
 from dhr.models.deeplabv3plus import DeepLabV3Plus
 from dhr.modules.base import DHRLightningModule
 from dhr.modules.optim import OptimConfig, poly_sgd
+from dhr.ops.argmax import argmax
 from dhr.ops.inference import labels_per_size, multiscale_probs
 
 
@@ -97,7 +98,7 @@ class SegmentationModule(DHRLightningModule):
     # -- prediction -----------------------------------------------------------------------------
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         probs = multiscale_probs(self.net, batch["image"], self.infer["scales"], self.infer["flip"])
-        out = {"id": batch["id"], "label": probs.argmax(1).to(torch.uint8).cpu()}
+        out = {"id": batch["id"], "label": argmax(probs, 1).to(torch.uint8).cpu()}
         if self.infer.get("crf"):
             out["label_crf"] = self.crf_labels(batch["image"], probs)
         return out

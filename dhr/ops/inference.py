@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from dhr.ops.argmax import argmax
+
 SizeFn = Callable[[int, int, float], tuple[int, int]]
 
 
@@ -94,5 +96,5 @@ def labels_per_size(scores: Callable[[torch.Tensor], torch.Tensor], image: torch
         groups.setdefault((h, w), []).append(i)
     for (h, w), members in groups.items():
         index = torch.tensor(members, device=image.device)
-        labels[index, :h, :w] = scores(image[index, :, :h, :w]).argmax(1)
+        labels[index, :h, :w] = argmax(scores(image[index, :, :h, :w]), 1)
     return labels

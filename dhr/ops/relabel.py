@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from dhr.errors import DHRError
+from dhr.ops.argmax import argmax
 from dhr.ops.crf import CRFRunner, denormalize
 from dhr.ops.sinkhorn import sinkhorn_plan
 from dhr.utils.config import conf_node, from_mapping, merge
@@ -169,19 +170,36 @@ def as_cells(feats: torch.Tensor) -> torch.Tensor:
     return feats.float().permute(0, 2, 3, 1).reshape(b, -1, d)
 
 
+def present_index(present: torch.Tensor) -> torch.Tensor:
+    """(B, K) ids of each sample's present classes (B, C), in class order, padded with its first one (K: the
+    most any sample has, at least 1). A crop holds 3-4 of VOC's 21 classes: matrix products over these alone
+    do a fifth of the work, and a padded id repeats a column, which writes the same value twice."""
+    counts = present.sum(1)
+    k = max(int(counts.max()), 1) if present.numel() else 1
+    order = torch.argsort((~present).to(torch.uint8), dim=1, stable=True)[:, :k]  # present classes first
+    return torch.where(torch.arange(k, device=present.device)[None] < counts[:, None], order, order[:, :1])
+
+
 def prototypes(feats: torch.Tensor, cell_labels: torch.Tensor, valid: torch.Tensor,
                num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Class means (B, C, D) of grid features (B, D, g, g) over labelled valid cells, and presence (B, C).
 
-    One-hot (C x cells) @ features (cells x D) / counts: no loop over cells.
+    One-hot (K x cells) @ features (cells x D) / counts over the present classes: no loop over cells;
+    absent classes get zero vectors.
     """
     cells = as_cells(feats) if feats.ndim == 4 else feats
-    b = cells.shape[0]
+    b, _, d = cells.shape
     labels = torch.where(valid & (cell_labels != IGNORE), cell_labels, num_classes).view(b, -1)
-    onehot = F.one_hot(labels, num_classes + 1)[..., :num_classes].to(cells.dtype)  # (B, cells, C)
-    counts = onehot.sum(1)
-    sums = onehot.transpose(1, 2) @ cells
-    return sums / counts.clamp_min(1)[..., None], counts > 0
+    counts = torch.zeros(b, num_classes + 1, dtype=torch.long, device=cells.device)
+    counts.scatter_add_(1, labels, torch.ones_like(labels))
+    counts = counts[:, :num_classes]
+    present = counts > 0
+    index = present_index(present)  # (B, K)
+    onehot = (labels[:, :, None] == index[:, None, :]).to(cells.dtype)  # (B, cells, K)
+    means = (onehot.transpose(1, 2) @ cells) / counts.gather(1, index).clamp_min(1)[..., None].to(cells.dtype)
+    out = cells.new_zeros(b, num_classes, d)
+    out.scatter_(1, index[:, :, None].expand(-1, -1, d), means)
+    return out, present
 
 
 def minmax(maps: torch.Tensor, valid: torch.Tensor, eps: float) -> torch.Tensor:
@@ -194,13 +212,18 @@ def minmax(maps: torch.Tensor, valid: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.where(v, out, 0.0)
 
 
-def cosine_heatmaps(feats: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
-    """(B, C, g, g) cosine of every cell's feature (B, D, g, g) with every class prototype (B, C, D)."""
+def cosine_heatmaps(feats: torch.Tensor, protos: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """(B, C, g, g) cosine of every cell's feature (B, D, g, g) with every present class's prototype (B, C, D);
+    zero for the classes ``present`` (B, C) lacks (their prototypes are zero vectors)."""
     b, _, h, w = feats.shape
     cells = as_cells(feats)
-    dots = cells @ protos.float().transpose(1, 2)  # (B, cells, C)
-    norms = cells.norm(dim=2, keepdim=True).clamp_min(1e-12) * protos.float().norm(dim=2)[:, None].clamp_min(1e-12)
-    return (dots / norms).transpose(1, 2).reshape(b, -1, h, w)
+    index = present_index(present)  # (B, K)
+    chosen = protos.float().gather(1, index[:, :, None].expand(-1, -1, protos.shape[2]))  # (B, K, D)
+    dots = cells @ chosen.transpose(1, 2)  # (B, cells, K)
+    cos = dots / (cells.norm(dim=2, keepdim=True).clamp_min(1e-12) * chosen.norm(dim=2)[:, None].clamp_min(1e-12))
+    out = cos.new_zeros(b, cells.shape[1], protos.shape[1])
+    out.scatter_(2, index[:, None, :].expand(-1, cells.shape[1], -1), cos)
+    return out.transpose(1, 2).reshape(b, -1, h, w)
 
 
 def transport(maps: torch.Tensor, valid: torch.Tensor, classes: torch.Tensor, ot: dict) -> torch.Tensor:
@@ -211,10 +234,17 @@ def transport(maps: torch.Tensor, valid: torch.Tensor, classes: torch.Tensor, ot
 
 
 # -- CRF glue ------------------------------------------------------------------------------------
-def _crop_images(images: torch.Tensor, boxes: list[tuple[int, int, int, int]], denorm: str) -> list[torch.Tensor]:
-    """uint8 (h, w, 3) crops of the de-normalised canvases, on their device."""
-    rgb = denormalize(images.detach(), denorm)
-    return [rgb[i, y0:y1, x0:x1] for i, (y0, x0, y1, x1) in enumerate(boxes)]
+def crf_images(images: torch.Tensor, crf: CRFRunner) -> torch.Tensor | None:
+    """uint8 (B, S, S, 3) de-normalised canvases on their device, made once for Steps 1 and 2-3; None when the
+    CRF reads no image (a pass-through for diagnostics and benchmarks)."""
+    return denormalize(images.detach(), crf.params.denorm) if crf.reads_images else None
+
+
+def crops(rgb: torch.Tensor | None, rows: list[int], boxes: list[tuple[int, int, int, int]]) -> list[torch.Tensor | None]:
+    """The crop of each of ``rows`` of the de-normalised canvases (Nones without them)."""
+    if rgb is None:
+        return [None] * len(rows)
+    return [rgb[i, y0:y1, x0:x1] for i, (y0, x0, y1, x1) in zip(rows, boxes, strict=True)]
 
 
 # -- Step 1 --------------------------------------------------------------------------------------
@@ -259,7 +289,7 @@ def upsample_box(a: torch.Tensor, cell_box: tuple[int, int, int, int], box: tupl
     return a[:, rows][:, :, cols]
 
 
-def step1(masks: torch.Tensor, cams: torch.Tensor, tags: torch.Tensor, images: torch.Tensor, boxes: torch.Tensor,
+def step1(masks: torch.Tensor, cams: torch.Tensor, tags: torch.Tensor, rgb: torch.Tensor | None, boxes: torch.Tensor,
           cfg: RelabelConfig, fg_ids: torch.Tensor, crf: CRFRunner) -> torch.Tensor:
     """Paste OT-restored foreground seeds into ``masks`` (B, S, S); background/uncertain keeps the label."""
     a, cell_boxes = step1_cams(cams, tags, boxes, masks.shape[-1], cfg)
@@ -280,7 +310,8 @@ def step1(masks: torch.Tensor, cams: torch.Tensor, tags: torch.Tensor, images: t
         where.append((i, fg))
     if not jobs:
         return out
-    q_list = crf(_crop_images(images[[i for i, _ in where]], [box_list[i] for i, _ in where], crf.params.denorm), jobs)
+    rows = [i for i, _ in where]
+    q_list = crf(crops(rgb, rows, [box_list[i] for i in rows]), jobs)
     for (i, fg), q in zip(where, q_list, strict=True):
         y0, x0, y1, x1 = box_list[i]
         ignore = torch.tensor([IGNORE], device=q.device)
@@ -290,7 +321,7 @@ def step1(masks: torch.Tensor, cams: torch.Tensor, tags: torch.Tensor, images: t
             lut = torch.cat([ids, ignore])
         else:
             lut = torch.cat([ignore, ids])
-        new = lut[q.argmax(0)].to(out.device)
+        new = lut[argmax(q, 0)].to(out.device)
         region = out[i, y0:y1, x0:x1]
         paste = new != IGNORE
         if cfg.step1.paste == "missing":
@@ -308,24 +339,32 @@ def resize_to_grid(feat: torch.Tensor, g: int) -> torch.Tensor:
     return F.interpolate(feat, size=(g, g), mode="bilinear", align_corners=True)
 
 
+def wss_heatmap(feats: Sequence[torch.Tensor], labels: torch.Tensor, valid: torch.Tensor, num_classes: int,
+                mm_eps: float) -> torch.Tensor:
+    """H^ws (B, C, g, g) of Step 3: per layer, min-max cosine maps of the WSS features (resized to the working
+    grid) against their class prototypes; their mean, min-maxed again."""
+    g = labels.shape[-1]
+    maps = []
+    for feat in feats:
+        grid = resize_to_grid(feat, g)
+        protos, present = prototypes(grid, labels, valid, num_classes)
+        maps.append(minmax(cosine_heatmaps(grid, protos, present), valid, mm_eps))
+    return minmax(torch.stack(maps).mean(0), valid, mm_eps)
+
+
 def step23_maps(masks: torch.Tensor, uss: torch.Tensor, wss_feats: Sequence[torch.Tensor], valid: torch.Tensor,
                 num_classes: int, cfg: RelabelConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """H^dhr (B, C, g, g) after Steps 2-3 (minus the CRF) and the class sets (B, C)."""
     g = uss.shape[-1]
     labels = majority_vote(masks, g, cfg.uss_patch, num_classes)
     protos, present = prototypes(uss.float(), labels, valid, num_classes)
-    heat = minmax(cosine_heatmaps(uss, protos), valid, cfg.mm_eps) * present[:, :, None, None]
+    heat = minmax(cosine_heatmaps(uss, protos, present), valid, cfg.mm_eps) * present[:, :, None, None]
     if 3 in cfg.steps and wss_feats:
         vn = F.normalize(protos, dim=2)
         corr = F.relu(torch.einsum("bcd,bkd->bck", vn, vn)).triu()
         groups = (corr > cfg.tau) & present[:, None, :] & present[:, :, None]
         if bool((groups.sum(2) > 1).any()):
-            ws = []
-            for feat in wss_feats:
-                grid = resize_to_grid(feat, g)
-                p, _ = prototypes(grid, labels, valid, num_classes)
-                ws.append(minmax(cosine_heatmaps(grid, p), valid, cfg.mm_eps))
-            ws_heat = minmax(torch.stack(ws).mean(0), valid, cfg.mm_eps)
+            ws_heat = wss_heatmap(wss_feats, labels, valid, num_classes, cfg.mm_eps)
             for i in range(num_classes):  # sequential, in place: overlapping groups multiply twice
                 group = groups[:, i]
                 todo = group.sum(1) > 1
@@ -358,7 +397,7 @@ def sample_at_pixels(heat: torch.Tensor, valid: torch.Tensor, canvas: int) -> to
     return F.grid_sample(heat, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def step23(masks: torch.Tensor, uss: torch.Tensor, wss_feats: Sequence[torch.Tensor], images: torch.Tensor,
+def step23(masks: torch.Tensor, uss: torch.Tensor, wss_feats: Sequence[torch.Tensor], rgb: torch.Tensor | None,
            boxes: torch.Tensor, num_classes: int, cfg: RelabelConfig, crf: CRFRunner) -> torch.Tensor:
     """Overwrite each crop with argmax CRF(image, H^dhr at its pixels) over its class set."""
     canvas, g = masks.shape[-1], uss.shape[-1]
@@ -377,10 +416,10 @@ def step23(masks: torch.Tensor, uss: torch.Tensor, wss_feats: Sequence[torch.Ten
     pixels = sample_at_pixels(chosen, valid[todo], canvas)
     jobs = [pixels[k, : len(cls), y0:y1, x0:x1]
             for k, (i, cls) in enumerate(zip(todo, classes, strict=True)) for (y0, x0, y1, x1) in [box_list[i]]]
-    q_list = crf(_crop_images(images[todo], [box_list[i] for i in todo], crf.params.denorm), jobs)
+    q_list = crf(crops(rgb, todo, [box_list[i] for i in todo]), jobs)
     for i, cls, q in zip(todo, classes, q_list, strict=True):
         y0, x0, y1, x1 = box_list[i]
-        out[i, y0:y1, x0:x1] = cls.to(q.device)[q.argmax(0)].to(out.device)
+        out[i, y0:y1, x0:x1] = cls.to(q.device)[argmax(q, 0)].to(out.device)
     return out
 
 
@@ -412,14 +451,15 @@ def _relabel_fp32(masks: torch.Tensor, *, cams: torch.Tensor, tags: torch.Tensor
     fg_ids = torch.tensor([c for c in range(num_classes) if c != background_id], dtype=torch.long)
     changed: dict[str, torch.Tensor] = {}
     current = masks
+    rgb = crf_images(images, crf) if set(cfg.steps) & {1, 2} else None
     if 1 in cfg.steps:
-        new = step1(current, cams, tags, images, boxes, cfg, fg_ids, crf)
+        new = step1(current, cams, tags, rgb, boxes, cfg, fg_ids, crf)
         changed["step1"] = (new != current).flatten(1).sum(1)
         current = new
     if 2 in cfg.steps:
         if uss is None:
             raise DHRError("model.dhr.steps includes 2 but the batch has no USS features; export them with dhr.features")
-        new = step23(current, uss, wss_feats, images, boxes, num_classes, cfg, crf)
+        new = step23(current, uss, wss_feats, rgb, boxes, num_classes, cfg, crf)
         changed["step23"] = (new != current).flatten(1).sum(1)
         current = new
     return RelabelResult(current, changed)

@@ -1,7 +1,8 @@
 """Benchmark: DHR relabelling per batch, batched tensors vs the literal per-cell reference, and the
 dense CRF inside it on each backend.
 
-    python scripts/bench/relabel.py [--batch 16] [--size 512] [--device cpu|cuda] [--network]
+    python scripts/bench/relabel.py [--batch 16] [--size 512] [--device cpu|cuda] [--network] [--crf | --no-crf]
+                                    [--json PATH]
 
 Inputs are VOC-sized (21 classes, 3-4 per crop, CAMs 32x32, USS 90-d on the 74x74 grid, C4
 1024-d and C5 2048-d at stride 8, channels-last as the DHR module runs the network) with two
@@ -9,14 +10,17 @@ near-identical USS classes so Step 3 runs. Both implementations run all three st
 CRF is timed apart (argmax in its place) and then inside the batched relabelling on each backend:
 pydensecrf serial and in a pool of all cores, and the torch backend on ``--device``.
 ``--network`` also times one forward + backward of the DHR network (DeepLabv3+ ResNet-101) on the
-same batch: the relabelling should cost no more than that.
+same batch: the relabelling should cost no more than that. ``--no-crf`` times the relabelling without the
+CRF alone (a minute on 2 CPU cores instead of five); ``--json`` writes the numbers.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -109,6 +113,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--network", action="store_true", help="also time the network's forward + backward")
+    parser.add_argument("--crf", action=argparse.BooleanOptionalAction, default=True,
+                        help="also time the relabelling with the dense CRF on each backend (default: yes)")
+    parser.add_argument("--json", type=Path, help="write the numbers to this file")
     args = parser.parse_args()
     batch = make_batch(args.batch, args.size)
     cfg = R.RelabelConfig.defaults()
@@ -125,28 +132,40 @@ def main() -> None:
     batched(no_crf)  # warm-up
     fast = best_of(lambda: batched(no_crf), args.repeats)
     slow = best_of(lambda: run_reference(batch, cfg, params, lambda im, p: p), 1)
+    numbers: dict[str, float | str] = {"device": args.device, "batch": args.batch, "size": args.size,
+                                       "reference_no_crf_s": slow, "batched_no_crf_s": fast, "ratio_no_crf": slow / fast}
     print(f"relabelling without CRF, {args.batch} crops of {args.size}: reference {slow:.2f} s/batch, "
           f"batched ({args.device}) {fast:.3f} s/batch, ratio {slow / fast:.1f}x")
-    torch_crf = CRFRunner(CRFParams.defaults(backend="torch"))
-    batched(torch_crf)  # warm-up: the Gaussian lattice of each crop size is built once
-    with_torch = best_of(lambda: batched(torch_crf), args.repeats)
-    line = f"with the dense CRF: batched + torch CRF ({args.device}) {with_torch:.2f} s/batch"
-    if pydensecrf_installed():
-        cores = os.cpu_count() or 1
-        with CRFRunner(CRFParams.defaults(backend="pydensecrf", processes=cores)) as pool:
-            pooled = best_of(lambda: batched(pool), 1)
-        serial = best_of(lambda: batched(CRFRunner(CRFParams.defaults(backend="pydensecrf", processes=1))), 1)
-        slow_crf = slow + (serial - fast)  # the reference calls the same CRF serially
-        line += (f", batched + pydensecrf serial {serial:.2f} s/batch, batched + pydensecrf pool of {cores} "
-                 f"{pooled:.2f} s/batch, reference {slow_crf:.2f} s/batch; ratios: pydensecrf pool / torch "
-                 f"{pooled / with_torch:.2f}x, reference / torch {slow_crf / with_torch:.1f}x")
-    else:
-        line += " (pydensecrf is not installed: no comparison)"
-    print(line)
+    if args.crf:
+        torch_crf = CRFRunner(CRFParams.defaults(backend="torch"))
+        batched(torch_crf)  # warm-up: the Gaussian lattice of each crop size is built once
+        with_torch = best_of(lambda: batched(torch_crf), args.repeats)
+        numbers["with_torch_crf_s"] = with_torch
+        line = f"with the dense CRF: batched + torch CRF ({args.device}) {with_torch:.2f} s/batch"
+        if pydensecrf_installed():
+            cores = os.cpu_count() or 1
+            with CRFRunner(CRFParams.defaults(backend="pydensecrf", processes=cores)) as pool:
+                pooled = best_of(lambda: batched(pool), 1)
+            serial = best_of(lambda: batched(CRFRunner(CRFParams.defaults(backend="pydensecrf", processes=1))), 1)
+            slow_crf = slow + (serial - fast)  # the reference calls the same CRF serially
+            numbers.update(with_pydensecrf_serial_s=serial, with_pydensecrf_pool_s=pooled, reference_with_crf_s=slow_crf,
+                           ratio_pool_over_torch=pooled / with_torch, ratio_reference_over_torch=slow_crf / with_torch)
+            line += (f", batched + pydensecrf serial {serial:.2f} s/batch, batched + pydensecrf pool of {cores} "
+                     f"{pooled:.2f} s/batch, reference {slow_crf:.2f} s/batch; ratios: pydensecrf pool / torch "
+                     f"{pooled / with_torch:.2f}x, reference / torch {slow_crf / with_torch:.1f}x")
+        else:
+            line += " (pydensecrf is not installed: no comparison)"
+        print(line)
     if args.network:
         net = network_step(args.batch, args.size, dev)
-        print(f"network forward + backward (DeepLabv3+ ResNet-101, fp32, {args.device}): {net:.2f} s/batch; "
-              f"relabel step with the torch CRF / network step: {with_torch / net:.2f}x")
+        numbers["network_s"] = net
+        line = f"network forward + backward (DeepLabv3+ ResNet-101, fp32, {args.device}): {net:.2f} s/batch"
+        if "with_torch_crf_s" in numbers:
+            numbers["with_torch_crf_over_network"] = float(numbers["with_torch_crf_s"]) / net
+            line += f"; relabel step with the torch CRF / network step: {numbers['with_torch_crf_over_network']:.2f}x"
+        print(line)
+    if args.json:
+        args.json.write_text(json.dumps(numbers, indent=2) + "\n")
 
 
 if __name__ == "__main__":

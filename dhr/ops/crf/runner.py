@@ -28,6 +28,8 @@ class CRFRunner:
     persists between calls (DHR runs CRFs every training step); :meth:`close` ends it, and a module
     holding a runner still pickles (``ddp_spawn``)."""
 
+    reads_images = True  # callers de-normalise the images for it
+
     def __init__(self, params: CRFParams) -> None:
         self.params = params
         self._pool = None
@@ -109,7 +111,10 @@ class CRFRunner:
 
 class PassThroughCRF(CRFRunner):
     """A stand-in whose Q is the input maps (the winner is their argmax): for diagnostics with
-    ``crf=off`` and for benchmarks that time the relabelling without the CRF."""
+    ``crf=off`` and for benchmarks that time the relabelling without the CRF. It reads no image, so
+    callers need not de-normalise any (``images`` may hold Nones)."""
+
+    reads_images = False
 
     def __call__(self, images: Sequence[torch.Tensor], probs: Sequence[torch.Tensor],
                  progress: str | None = None) -> list[torch.Tensor]:
