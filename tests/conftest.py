@@ -325,6 +325,7 @@ class CliRun:
         return self.stdout + "\n" + self.stderr
 
     def tail(self, lines: int = 30) -> str:
+        """The last stderr lines: where an error message must lie (a Hydra option list is ~25 lines)."""
         return "\n".join(self.stderr.rstrip().splitlines()[-lines:])
 
 
@@ -337,6 +338,8 @@ def cli(entry: str, *args: str, umask: int | None = None) -> CliRun:
     import importlib
     import logging
 
+    import hydra._internal.utils as hydra_utils
+
     module = importlib.import_module(entry)
     out, err = io.StringIO(), io.StringIO()
     root = logging.getLogger()
@@ -344,6 +347,8 @@ def cli(entry: str, *args: str, umask: int | None = None) -> CliRun:
     argv, old_umask = sys.argv, None if umask is None else os.umask(umask)
     sys.argv = [entry, *args]
     GlobalHydra.instance().clear()
+    under_debugger = hydra_utils.is_under_debugger
+    hydra_utils.is_under_debugger = lambda: False  # coverage's tracer looks like one: Hydra would re-raise its errors
     rc = 0
     try:
         root.handlers, root.level = [], logging.WARNING
@@ -360,6 +365,7 @@ def cli(entry: str, *args: str, umask: int | None = None) -> CliRun:
                 rc = 1
     finally:
         sys.argv = argv
+        hydra_utils.is_under_debugger = under_debugger
         if old_umask is not None:
             os.umask(old_umask)
         GlobalHydra.instance().clear()

@@ -40,7 +40,6 @@ import pytest
 from conftest import GENERATE, TINY_SYNTH, CliRun, cli, make_dhr_inputs, tiny_train_overrides
 
 DATA_FIX = "on_error=skip"  # the fix every up-front data-check error of dhr.train offers
-TAIL_LINES = 30             # the stderr lines an error message must lie in (a Hydra option list is ~25)
 BASE: dict[str, tuple[str, ...]] = {  # what every command of an entry point gets (a case's own overrides win)
     "dhr.train": (*tiny_train_overrides(Path("{data}")), "hydra.run.dir={run}", "hydra.sweep.dir={case}/sweep"),
     "dhr.predict": ("paths.data_root={data}", GENERATE, "infer.scales=[1.0]",
@@ -77,21 +76,11 @@ class Case:
 
 
 @dataclass(frozen=True)
-class Run:
-    """One finished command: its exit status, streams and wall time."""
+class Run(CliRun):
+    """One finished command: its exit status and streams (``tail``: the last 30 stderr lines), argv and wall time."""
 
-    argv: list[str]
-    rc: int
-    stdout: str
-    stderr: str
-    wall: float
-
-    @property
-    def output(self) -> str:
-        return self.stdout + "\n" + self.stderr
-
-    def tail(self, lines: int = TAIL_LINES) -> str:
-        return "\n".join(self.stderr.rstrip().splitlines()[-lines:])
+    argv: tuple[str, ...] = ()
+    wall: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -137,8 +126,8 @@ def command(argv: Sequence[str], tokens: dict[str, Any]) -> list[str]:
 
 def timed(argv: list[str], umask: int | None) -> Run:
     start = time.monotonic()
-    done: CliRun = cli(argv[0], *argv[1:], umask=umask)
-    return Run(argv, done.rc, done.stdout, done.stderr, time.monotonic() - start)
+    done = cli(argv[0], *argv[1:], umask=umask)
+    return Run(done.rc, done.stdout, done.stderr, tuple(argv), time.monotonic() - start)
 
 
 class Sandbox:

@@ -43,9 +43,10 @@ def main() -> None:
     parser.add_argument("results", nargs="*", type=Path, help="benchmark --json outputs")
     parser.add_argument("--record", action="store_true", help="store these values as the new reference figures")
     parser.add_argument("--tolerance", type=float, default=0.2, help="relative change that counts as moved (0.2 = 20 %%)")
+    parser.add_argument("--figures", type=Path, default=FIGURES, help="the recorded figures (default docs/bench-figures.json)")
     args = parser.parse_args()
     results = load_results(args.results)
-    figures = json.loads(FIGURES.read_text()) if FIGURES.is_file() else {}
+    figures = json.loads(args.figures.read_text()) if args.figures.is_file() else {}
     moved = []
     print(f"{'figure':34s} {'recorded':>10s} {'now':>10s} {'change':>8s}")
     for name, recorded in sorted(figures.items()):
@@ -68,8 +69,8 @@ def main() -> None:
             bench, key = name.split(".", 1)
             if bench in results and results[bench].get(key) is not None:
                 figures[name] = {**recorded, "value": round(float(results[bench][key]), 2), **stamp}
-        FIGURES.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
-        print(f"recorded in {FIGURES}")
+        args.figures.write_text(json.dumps(figures, indent=2, sort_keys=True) + "\n")
+        print(f"recorded in {args.figures}")
         return
     if moved:
         print(f"moved by more than {100 * args.tolerance:.0f} %: {', '.join(moved)} (a regression, or a deliberate "
