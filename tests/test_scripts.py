@@ -49,3 +49,15 @@ def test_make_bench_flags_a_ratio_that_moved_by_more_than_20_percent(tmp_path, m
     assert rc == 0 and json.loads(figures.read_text())["relabel.ratio_no_crf"]["value"] == 7.5
     rc, out = compare(results, monkeypatch)
     assert rc == 0 and "every figure within 20 %" in out
+
+
+def test_the_gpu_check_refuses_at_once_without_a_gpu(tmp_path, monkeypatch, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: make gpu-check would run")
+    monkeypatch.setattr(sys, "argv", ["gpu_check.py", f"--out={tmp_path / 'out'}"])
+    with pytest.raises(SystemExit) as done:
+        runpy.run_path(str(REPO / "scripts" / "gpu_check.py"), run_name="__main__")
+    assert done.value.code == 2 and "no CUDA GPU on this machine" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing ran, nothing written

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import SHARED_DATA, compose_cfg
+from conftest import SHARED_DATA, compose_cfg, needs_shared_data
 
 from dhr.errors import DHRError
 from dhr.utils.checkpoint import load_module
@@ -90,6 +90,7 @@ def test_missing_unexpected_and_wrong_class_count_are_named(official_pth, tmp_pa
 
 
 @pytest.mark.slow
+@needs_shared_data
 def test_the_official_checkpoint_evaluates_on_voc_val_directly_by_path(official_pth, tmp_path):
     """The documented command: python -m dhr.predict ckpt=last.pth dataset=voc split=val (here the VOC sample)."""
     from dhr.predict import run
