@@ -95,8 +95,9 @@ def test_wrong_architecture_is_refused():
 
 
 def test_config_composes_and_builds_the_pretrained_segmentation_model():
-    from dhr.modules.segmentation import build_deeplabv3plus
     from conftest import model_node
+
+    from dhr.modules.segmentation import build_deeplabv3plus
 
     backbone = model_node("deeplabv3plus", ["backbone=efficientnet_lite0"])["backbone"]
     assert backbone["weights_package"] == PACKAGE
