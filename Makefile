@@ -31,7 +31,7 @@ supervised: setup  ## train + evaluate supervised DeepLabv3+ on the synthetic se
 	$(PY) -m dhr.train
 
 lint: setup  ## ruff
-	$(PY) -m ruff check dhr tests scripts
+	$(PY) -m ruff check dhr tests scripts reference
 
 bench: setup  ## benchmarks (evaluator, relabelling), compared with the figures in docs/bench-figures.json (~7 min)
 	@mkdir -p outputs/bench
