@@ -475,7 +475,7 @@ CASES: tuple[Case, ...] = (
     Case("cfg-tau-range", "config", "model.dhr.tau=2 (outside [0, 1])", ("dhr.train", *DHR, "model.dhr.tau=2"),
          ("model.dhr.tau=2", "[0, 1]")),
     Case("cfg-pretrained-offline", "config", "backbone.pretrained=true offline with an empty cache: fails at once",
-         ("dhr.train", "backbone=resnet18", "backbone.pretrained=true"), ("backbone.pretrained", "backbone.weights=PATH"),
+         ("dhr.train", "backbone.pretrained=true"), ("backbone.pretrained", "backbone.weights=PATH"),
          verify=within(45)),
     Case("cfg-weights-missing", "config", "backbone.weights= a file that does not exist",
          ("dhr.train", "backbone.weights={case}/missing.pth"), ("{case}/missing.pth", "file not found")),
