@@ -5,8 +5,11 @@ Stages, in order (``dhr-method.md`` §2):
 * ``seeds``    the CAM classifier and its seeds of the train split (nothing when ``wss=`` brings seeds);
 * ``uss``      CAUSE, then its features of the train split (nothing when ``pipeline.uss_dir`` is given);
 * ``dhr``      DHR training on the seeds and features, then the DHR masks of the train split;
+* ``control``  the true control of ``dhr``: the same network, recipe, losses and mask prediction with
+  relabelling off (``model.dhr.enabled=false``), then its masks of the train split (``pipeline.control``);
 * ``final``    the segmentation model (``pipeline.final_model``) trained on the DHR masks;
-* ``baseline`` the same model trained on the seeds, no relabelling: the ablation that judges DHR;
+* ``control_final`` the same model trained on the control's masks: DHR's effect is final minus this;
+* ``baseline`` the same model trained on the seeds: one round of training, no second round at all;
 * ``ceiling``  the same model on the GT masks (``pipeline.ceiling=true``);
 * ``report``   ``report.md``/``.json``/``.png``, ``per_class.png`` and the table printed at the end.
 
@@ -16,7 +19,11 @@ run ids of the stages it reads. A stage whose folder holds a finished manifest i
 changed setting re-runs its stage and what reads it, nothing else, and an older result is never
 overwritten. A failed stage keeps its finished steps (and its last checkpoint): the next run
 resumes there. Overrides the pipeline does not know (``model.dhr.tau=0.5``, ``trainer=ddp``) go to
-every stage whose config has that key; ``pipeline.overrides.<stage>=[...]`` scopes them to one stage.
+every stage whose config has that key; ``pipeline.overrides.<stage>=[...]`` scopes them to one stage
+(and to its control: ``control`` and ``control_final`` take the overrides of ``dhr`` and ``final`` first).
+
+``pipeline.repeats=N`` runs every stage that trains N times, with training seeds ``seed`` .. ``seed+N-1``
+(each seed its own cached stage folders); the report gives each row as mean ± std over the seeds.
 """
 
 from __future__ import annotations
@@ -37,10 +44,14 @@ from omegaconf import DictConfig, OmegaConf
 from dhr.utils.cli import hydra_entry
 
 log = logging.getLogger(__name__)
-STAGES = ("seeds", "uss", "dhr", "final", "baseline", "ceiling", "report")
-READS = {"seeds": (), "uss": (), "dhr": ("seeds", "uss"), "final": ("dhr",), "baseline": ("seeds",), "ceiling": (),
-         "report": ("seeds", "dhr", "final", "baseline", "ceiling")}
+STAGES = ("seeds", "uss", "dhr", "control", "final", "control_final", "baseline", "ceiling", "report")
+READS = {"seeds": (), "uss": (), "dhr": ("seeds", "uss"), "control": ("seeds", "uss"), "final": ("dhr",),
+         "control_final": ("control",), "baseline": ("seeds",), "ceiling": (),
+         "report": ("seeds", "dhr", "control", "final", "control_final", "baseline", "ceiling")}
+CONTROL_OF = {"control": "dhr", "control_final": "final"}  # each control: the stage it copies, relabelling off
+RELABELLING_OFF = "model.dhr.enabled=false"
 MANIFEST = "manifest.json"
+REPORT_VERSION = 2  # part of the report's cache key: a report of an older layout is rebuilt, not reused
 PIPELINE_KEYS = ("pipeline", "paths", "hydra", "dataset", "wss", "preset", "task_name")  # everything else goes to the stages
 
 
@@ -64,40 +75,53 @@ class StageResult:
 
 
 # -- what each stage runs ----------------------------------------------------------------------
-def stage_steps(name: str, cfg: DictConfig, common: list[str], done: dict[str, StageResult]) -> list[Step]:
-    """The runs of stage ``name`` (paths relative to the stage folder are filled in by the caller)."""
+def own_overrides(name: str, cfg: DictConfig) -> list[str]:
+    """``pipeline.overrides.<name>``; a control takes those of the stage it copies first (everything equal)."""
     p = cfg.pipeline
-    own = [str(o) for o in p.overrides.get(name) or []]
-    final = f"model={p.final_model}"
+    copied = CONTROL_OF.get(name)
+    return [str(o) for o in [*((p.overrides.get(copied) or []) if copied else []), *(p.overrides.get(name) or [])]]
+
+
+def stage_steps(name: str, cfg: DictConfig, common: list[str], done: dict[str, StageResult],
+                seed: int | None = None) -> list[Step]:
+    """The runs of stage ``name`` (paths relative to the stage folder are filled in by the caller).
+
+    ``seed`` is the training seed of every training run (``pipeline.repeats``); prediction has none.
+    """
+    own = own_overrides(name, cfg)
+    seeded = [f"seed={seed}"] if seed is not None else []
+    final = f"model={cfg.pipeline.final_model}"
     if name == "seeds":
-        return [Step("train", [*common, "model=cam", *own], "train"),
+        return [Step("train", [*common, "model=cam", *own, *seeded], "train"),
                 Step("predict", [*common, "model=cam", "ckpt={dir}/train/checkpoints/last.ckpt", "split=train",
                                  "out_dir={dir}/masks", "overwrite=true"], "predict", routed=own)]
     if name == "uss":
         backbone = [o for o in own if o.startswith("backbone")]
-        return [Step("train", [*common, "model=cause", *own], "train"),
+        return [Step("train", [*common, "model=cause", *own, *seeded], "train"),
                 Step("features", [*[c for c in common if c.lstrip("+~").startswith(("dataset", "paths"))], *backbone,
                                   "ckpt={dir}/train/checkpoints/head/last.ckpt", "split=train", "out_dir={dir}/features",
                                   "overwrite=true"], "features")]
     seeds = done["seeds"].outputs.get("masks")
-    if name == "dhr":
+    if name in ("dhr", "control"):
         uss = done["uss"].outputs
         inputs = ["wss=folder", f"wss.path={seeds}", f"data.uss_dir={uss['features']}", f"model.dhr.uss_patch={uss['patch']}"]
-        return [Step("train", [*common, "model=dhr", *inputs, *own], "train"),
+        switch = [RELABELLING_OFF] if name == "control" else []
+        return [Step("train", [*common, "model=dhr", *inputs, *own, *seeded, *switch], "train"),
                 Step("predict", [*common, "model=dhr", "ckpt={dir}/train/checkpoints/last.ckpt", "split=train",
                                  "out_dir={dir}/masks", "overwrite=true"], "predict", routed=own)]
-    if name == "final":
-        return [Step("train", [*common, final, "wss=folder", f"wss.path={done['dhr'].outputs['masks']}", *own], "train")]
+    if name in ("final", "control_final"):
+        masks = done[READS[name][0]].outputs["masks"]
+        return [Step("train", [*common, final, "wss=folder", f"wss.path={masks}", *own, *seeded], "train")]
     if name == "baseline":
-        return [Step("train", [*common, final, "wss=folder", f"wss.path={seeds}", *own], "train")]
+        return [Step("train", [*common, final, "wss=folder", f"wss.path={seeds}", *own, *seeded], "train")]
     if name == "ceiling":
-        return [Step("train", [*common, final, *own], "train")]
+        return [Step("train", [*common, final, *own, *seeded], "train")]
     raise ValueError(name)
 
 
 def stage_outputs(name: str, stage_dir: Path, cfgs: dict[str, DictConfig]) -> dict[str, Any]:
     """Where a finished stage left what later stages and the report read."""
-    if name in ("seeds", "dhr"):
+    if name in ("seeds", "dhr", "control"):
         infer = OmegaConf.to_container(cfgs["predict"].infer, resolve=True)
         return {"masks": str(stage_dir / "masks"), "scores": str(stage_dir / "masks_scores.json"),
                 "ckpt": str(stage_dir / "train" / "checkpoints" / "last.ckpt"), "split": "train", "infer": infer}
@@ -111,6 +135,7 @@ def stage_outputs(name: str, stage_dir: Path, cfgs: dict[str, DictConfig]) -> di
     split = info.split_dir_name(train.data.val_split)
     return {"ckpt": str(stage_dir / "train" / "checkpoints" / "last.ckpt"), "split": "val",
             "scores": str(stage_dir / "train" / "predictions" / f"{split}_scores.json"),
+            "predictions": str(stage_dir / "train" / "predictions" / split),
             "infer": OmegaConf.to_container(train.infer, resolve=True), "model": str(train.tag)}
 
 
@@ -222,9 +247,9 @@ def check_weights_first(cfg: DictConfig, common: list[str], extras: list[str], a
     pending = str(run_dir / "pending")
     done = {"seeds": StageResult("ran", outputs={"masks": pending}),
             "uss": StageResult("ran", outputs={"features": pending, "patch": 14}),
-            "dhr": StageResult("ran", outputs={"masks": pending})}
-    for name in ("seeds", "uss", "dhr", "final", "baseline", "ceiling"):
-        if name not in allowed or external_stage(name, cfg) is not None or (name == "ceiling" and not cfg.pipeline.ceiling):
+            "dhr": StageResult("ran", outputs={"masks": pending}), "control": StageResult("ran", outputs={"masks": pending})}
+    for name in STAGES[:-1]:
+        if name not in allowed or external_stage(name, cfg) is not None or not wanted(name, cfg):
             continue
         for step in stage_steps(name, cfg, common, done):
             if step.entry != "predict":
@@ -232,18 +257,24 @@ def check_weights_first(cfg: DictConfig, common: list[str], extras: list[str], a
                 check_pretrained(composed.model.get("backbone") if step.entry == "train" else composed.get("backbone"))
 
 
+def wanted(name: str, cfg: DictConfig) -> bool:
+    """Stages a setting switches off: ``pipeline.ceiling`` (off by default), ``pipeline.control`` (on)."""
+    if name == "ceiling":
+        return bool(cfg.pipeline.ceiling)
+    return bool(cfg.pipeline.control) if name in CONTROL_OF else True
+
+
 def run_stage(name: str, cfg: DictConfig, run_dir: Path, common: list[str], extras: list[str],
-              done: dict[str, StageResult], allowed: bool) -> StageResult:
-    """Run (or reuse) one stage; ``allowed`` False only reuses a cached result."""
+              done: dict[str, StageResult], allowed: bool, seed: int | None = None, label: str = "") -> StageResult:
+    """Run (or reuse) one stage of one training seed; ``allowed`` False only reuses a cached result."""
+    label = label or name
     external = external_stage(name, cfg)
     if external is not None:
-        log.info("stage %s: external (%s)", name, next(iter(external.outputs.values())))
+        log.info("stage %s: external (%s)", label, next(iter(external.outputs.values())))
         return external
-    missing = [r for r in READS[name] if r != "ceiling" and done.get(r, StageResult("skipped")).status == "skipped"]
-    if name == "ceiling" and not cfg.pipeline.ceiling:
+    if not wanted(name, cfg):
         return StageResult("skipped")
-    if name == "report":
-        return run_report(cfg, run_dir, done, allowed)
+    missing = [r for r in READS[name] if r != "ceiling" and done.get(r, StageResult("skipped")).status == "skipped"]
     if missing:
         if allowed:
             from dhr.errors import DHRError
@@ -251,7 +282,7 @@ def run_stage(name: str, cfg: DictConfig, run_dir: Path, common: list[str], extr
             raise DHRError(f"stage {name} reads stage {missing[0]}, which has not run: run it first "
                            f"(drop pipeline.only / pipeline.from, or add {missing[0]})")
         return StageResult("skipped")
-    steps = stage_steps(name, cfg, common, done)
+    steps = stage_steps(name, cfg, common, done, seed)
     reads = {r: done[r].run_id for r in READS[name] if r in done}
     key = config_key(name, steps, extras, reads)
     stage_dir = run_dir / f"{name}-{key}"
@@ -259,19 +290,20 @@ def run_stage(name: str, cfg: DictConfig, run_dir: Path, common: list[str], extr
     if name in (cfg.pipeline.force or []) and allowed and manifest_path.is_file():
         stale = stage_dir.with_name(f"{stage_dir.name}.replaced-{time.strftime('%Y%m%d-%H%M%S')}")
         stage_dir.rename(stale)
-        log.info("stage %s: forced; the earlier result moved to %s", name, stale)
+        log.info("stage %s: forced; the earlier result moved to %s", label, stale)
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())
-        log.info("stage %s: cached (%s)", name, stage_dir)
+        log.info("stage %s: cached (%s)", label, stage_dir)
         return StageResult("cached", manifest["run_id"], stage_dir, manifest["seconds"], manifest["outputs"])
     if not allowed:
         return StageResult("skipped")
-    return execute(name, steps, stage_dir, extras)
+    return execute(name, steps, stage_dir, extras, label)
 
 
-def execute(name: str, steps: list[Step], stage_dir: Path, extras: list[str]) -> StageResult:
+def execute(name: str, steps: list[Step], stage_dir: Path, extras: list[str], label: str = "") -> StageResult:
     from dhr.utils.io import atomic_write_json
 
+    name = label or name  # the log's name of the stage (with its seed under pipeline.repeats)
     log.info("stage %s: start (%s)", name, stage_dir)
     start = time.perf_counter()
     cfgs: dict[str, DictConfig] = {}
@@ -293,23 +325,24 @@ def execute(name: str, steps: list[Step], stage_dir: Path, extras: list[str]) ->
         marker.write_text("finished\n")
         log.info("stage %s: %s finished in %.1f s", name, step.subdir, time.perf_counter() - t0)
     seconds = time.perf_counter() - start
-    result = StageResult("ran", uuid.uuid4().hex, stage_dir, seconds, stage_outputs(name, stage_dir, cfgs))
-    atomic_write_json(stage_dir / MANIFEST, {"stage": name, "run_id": result.run_id, "seconds": seconds,
+    stage = stage_dir.name.rsplit("-", 1)[0]
+    result = StageResult("ran", uuid.uuid4().hex, stage_dir, seconds, stage_outputs(stage, stage_dir, cfgs))
+    atomic_write_json(stage_dir / MANIFEST, {"stage": stage, "run_id": result.run_id, "seconds": seconds,
                                             "outputs": result.outputs,
                                             "overrides": {s.subdir: [*s.overrides, *s.routed] for s in steps}, "extras": extras})
     log.info("stage %s: done in %.1f s", name, seconds)
     return result
 
 
-def run_report(cfg: DictConfig, run_dir: Path, done: dict[str, StageResult], allowed: bool) -> StageResult:
+def run_report(cfg: DictConfig, run_dir: Path, repeats: list[Repeat], allowed: bool) -> StageResult:
     """Rows and figures are rebuilt when a stage they read changed; the stage table always says this run."""
-    from dhr.report import build_report, print_report, write_report
+    from dhr.report import build_report, print_report, published_numbers, stage_table, write_report
 
-    reads = {r: done[r].run_id for r in READS["report"] if r in done and done[r].run_id}
-    from dhr.report import published_numbers
-
+    reads = {f"{r}@{rep.seed}": rep.done[r].run_id for rep in repeats for r in READS["report"]
+             if r in rep.done and rep.done[r].run_id}
     expected = published_numbers(cfg)
-    key = hashlib.sha256(json.dumps({"reads": reads, "examples": cfg.pipeline.examples, "expected": expected},
+    key = hashlib.sha256(json.dumps({"reads": reads, "examples": cfg.pipeline.examples, "expected": expected,
+                                     "version": REPORT_VERSION},
                                     sort_keys=True).encode()).hexdigest()[:12]
     path = run_dir / "report.json"
     start = time.perf_counter()
@@ -317,18 +350,46 @@ def run_report(cfg: DictConfig, run_dir: Path, done: dict[str, StageResult], all
         report, status = json.loads(path.read_text()), "cached"
     elif allowed:
         log.info("stage report: start")
-        report, status = build_report(cfg, run_dir, done, key), "ran"
+        report, status = build_report(cfg, run_dir, [(rep.seed, rep.done) for rep in repeats], key), "ran"
     else:
         return StageResult("skipped")
-    report["stages"] = {k: {"status": v.status, "seconds": round(float(v.seconds), 1)} for k, v in done.items()}
+    report["stages"] = stage_table([(rep.seed, rep.done) for rep in repeats])
     report["stages"]["report"] = {"status": status, "seconds": round(time.perf_counter() - start, 1)}
     write_report(report, run_dir)
     print_report(report, run_dir)
     return StageResult(status, key, run_dir, report["stages"]["report"]["seconds"])
 
 
+@dataclass
+class Repeat:
+    """The stages of one training seed (``pipeline.repeats``)."""
+
+    seed: int | None
+    done: dict[str, StageResult] = field(default_factory=dict)
+
+
+def training_seeds(cfg: DictConfig, common: list[str], extras: list[str], run_dir: Path) -> list[int]:
+    """``seed`` (given on the command line, else the training config's) and the next ``pipeline.repeats - 1``."""
+    from dhr.errors import DHRError
+
+    repeats = cfg.pipeline.repeats
+    if not isinstance(repeats, int) or repeats < 1:
+        raise DHRError(f"pipeline.repeats={repeats}: give a whole number of training seeds, 1 or more (e.g. 3)")
+    given = [o.split("=", 1)[1] for o in extras if o.split("=", 1)[0].lstrip("+") == "seed"]
+    if given:
+        try:
+            base = int(given[-1])
+        except ValueError:
+            raise DHRError(f"seed={given[-1]}: the training seed must be a whole number") from None
+    else:
+        from dhr.engine import compose_run
+
+        base = int(compose_run("train", common, run_dir / "pending").seed)
+    return [base + r for r in range(repeats)]
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
-    """Run the selected stages in order; returns ``report.json``'s content (or the stage table)."""
+    """Run the selected stages in order, once per training seed; returns ``report.json``'s content (or the stage table)."""
     from hydra.core.hydra_config import HydraConfig
 
     hydra = HydraConfig.get()
@@ -339,18 +400,26 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     common = [f"dataset={hydra.runtime.choices.dataset}", *forwarded, *[str(o) for o in cfg.pipeline.common or []]]
     extras = [str(o) for o in cfg.pipeline.extra or []]
     allowed = set(selected(cfg))
+    seeds = training_seeds(cfg, common, extras, run_dir)
+    extras = [o for o in extras if o.split("=", 1)[0].lstrip("+") != "seed"]  # each stage gets its repeat's seed
     check_weights_first(cfg, common, extras, allowed, run_dir)
-    done: dict[str, StageResult] = {}
+    repeats = [Repeat(seed) for seed in seeds]
     start = time.perf_counter()
-    for name in STAGES:
-        done[name] = run_stage(name, cfg, report_dir if name == "report" else run_dir, common, extras, done,
-                               name in allowed)
-    log.info("pipeline: %s in %.1f s (%s)", ", ".join(f"{k} {v.status}" for k, v in done.items()),
+    for repeat in repeats:
+        for name in STAGES[:-1]:
+            label = name if len(seeds) == 1 else f"{name} (seed {repeat.seed})"
+            repeat.done[name] = run_stage(name, cfg, run_dir, common, extras, repeat.done, name in allowed,
+                                          repeat.seed, label)
+    report = run_report(cfg, report_dir, repeats, "report" in allowed)
+    for repeat in repeats:
+        repeat.done["report"] = report
+    log.info("pipeline: %s in %.1f s (%s)", ", ".join(f"{k} {v.status}" for k, v in repeats[0].done.items()),
              time.perf_counter() - start, run_dir)
-    report = report_dir / "report.json"
-    if done["report"].status != "skipped":
-        return json.loads(report.read_text())
-    return {"rows": {}, "stages": {k: {"status": v.status, "seconds": round(v.seconds, 1)} for k, v in done.items()}}
+    if report.status != "skipped":
+        return json.loads((report_dir / "report.json").read_text())
+    from dhr.report import stage_table
+
+    return {"rows": {}, "stages": stage_table([(rep.seed, rep.done) for rep in repeats])}
 
 
 _main = hydra_entry("pipeline", run)
