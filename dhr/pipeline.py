@@ -170,8 +170,20 @@ def config_key(name: str, steps: list[Step], extras: list[str], reads: dict[str,
     """
     placeholder = Path("/STAGE_DIR") / name
     resolved = [OmegaConf.to_container(compose_step(s, placeholder, extras), resolve=False) for s in steps]
+    if name == "control":
+        resolved = [relabelling_inert(c) for c in resolved]
     text = json.dumps({"stage": name, "configs": resolved, "reads": reads}, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def relabelling_inert(config: dict[str, Any]) -> dict[str, Any]:
+    """A control config as its key sees it. Its training has relabelling off and prediction never relabels, so
+    the relabelling switches (``model.dhr.*`` but ``enabled`` and the feature folder and patch the data loader
+    reads) change nothing: a sweep of ``model.dhr.tau`` re-runs ``dhr``, never its control."""
+    node = (config.get("model") or {}).get("dhr")
+    if isinstance(node, dict):
+        config["model"]["dhr"] = {k: node.get(k) for k in ("enabled", "uss_name", "uss_patch")}
+    return config
 
 
 def run_step(step: Step, cfg: DictConfig) -> None:

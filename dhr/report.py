@@ -131,9 +131,10 @@ def effects(runs: dict[str, list[dict[str, Any]]], classes: list[str], minor: li
     """DHR minus its control (masks, final model) and minus the 1-round baseline, paired by training seed."""
     out = {}
     for name, a, b in EFFECTS:
-        if a not in runs or b not in runs or len(runs[a]) != len(runs[b]):
+        if a not in runs or b not in runs:
             continue
-        pairs = list(zip(runs[a], runs[b], strict=True))
+        other = {r["seed"]: r for r in runs[b]}
+        pairs = [(r, other[r["seed"]]) for r in runs[a] if r["seed"] in other]  # paired by training seed
 
         def diff(get: Any, pairs: list = pairs) -> dict[str, Any]:
             values = [None if get(x) is None or get(y) is None else get(x) - get(y) for x, y in pairs]
@@ -142,7 +143,7 @@ def effects(runs: dict[str, list[dict[str, Any]]], classes: list[str], minor: li
         miou = diff(lambda r: r["mIoU"])
         per_class = {c: diff(lambda r, c=c: r["per_class_iou"].get(c)) for c in classes}
         control = b != "baseline"
-        out[name] = {"of": [a, b], "mIoU": miou, "per_class_iou": per_class, "minor_classes": minor,
+        out[name] = {"of": [a, b], "seeds": [x["seed"] for x, _ in pairs], "mIoU": miou, "per_class_iou": per_class, "minor_classes": minor,
                      "verdict": verdict(miou, "DHR better", "the control better" if control else "the baseline better")}
     return out
 

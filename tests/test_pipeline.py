@@ -37,13 +37,14 @@ def test_pipeline_runs_caches_and_reruns_only_what_a_change_touches(tmp_path, sy
     from dhr.pipeline import run
 
     fixture_dir, first = pipeline_run
-    assert statuses(first) == {"seeds": "ran", "uss": "ran", "dhr": "ran", "final": "ran", "baseline": "ran",
-                               "ceiling": "skipped", "report": "ran"}
+    assert statuses(first) == {"seeds": "ran", "uss": "ran", "dhr": "ran", "control": "ran", "final": "ran",
+                               "control_final": "ran", "baseline": "ran", "ceiling": "skipped", "report": "ran"}
     rows = first["rows"]
-    assert set(rows) == {"seeds", "dhr_masks", "final", "baseline"}
+    assert list(rows) == ["seeds", "control_masks", "dhr_masks", "baseline", "control_final", "final"]
     for row in rows.values():
-        assert set(row) == {"mIoU", "mFPR", "mFNR", "per_class_iou", "split", "images", "protocol"}
+        assert set(row) == {"mIoU", "mFPR", "mFNR", "per_class_iou", "std", "n", "split", "images", "protocol"}
         assert set(row["per_class_iou"]) == set(first["classes"]) and row["protocol"]["split"] == row["split"]
+        assert row["n"] == 1 and row["std"] is None  # one training seed: no spread claimed
     from dhr.ops.evaluation import (
         evaluate_folder,  # the row is the official evaluator on the stage's masks
     )
@@ -53,16 +54,33 @@ def test_pipeline_runs_caches_and_reruns_only_what_a_change_touches(tmp_path, sy
     assert rows["seeds"]["mIoU"] == pytest.approx(again.scores.miou) and rows["seeds"]["images"] == again.evaluated
     assert rows["seeds"]["split"] == "train" and rows["seeds"]["images"] == rows["dhr_masks"]["images"] >= 20
     assert rows["final"]["split"] == "val" and rows["final"]["images"] == rows["baseline"]["images"] == 8
-    assert rows["dhr_masks"]["protocol"]["thresholds"]["class_threshold"] == 0.05
-    for name in ("report.md", "report.json", "report.png", "per_class.png"):
+    assert rows["control_masks"]["images"] == rows["dhr_masks"]["images"] and rows["control_final"]["split"] == "val"
+    for name in ("dhr_masks", "control_masks"):
+        assert rows[name]["protocol"]["thresholds"]["class_threshold"] == 0.05
+    # DHR's effect: DHR minus its control, from the two rows of the same seed
+    effect = first["effect"]
+    assert set(effect) == {"masks", "final", "final_vs_baseline"} and first["seeds"] == [1]
+    assert effect["masks"]["of"] == ["dhr_masks", "control_masks"] and effect["final"]["of"] == ["final", "control_final"]
+    assert effect["masks"]["mIoU"]["mean"] == pytest.approx(rows["dhr_masks"]["mIoU"] - rows["control_masks"]["mIoU"])
+    assert effect["final"]["mIoU"]["std"] is None and "one seed" in effect["final"]["verdict"]
+    # the confusion matrices count every scored val pixel of the two final models, GT rows x predicted columns
+    from dhr.ops.evaluation import evaluate_folder
+
+    final_dir = next(p for p in fixture_dir.glob("final-*/train/predictions/*") if p.is_dir())
+    gt_dir = synth_root / "SYNTH" / final_dir.name / "mask"
+    expected_counts = evaluate_folder(final_dir, gt_dir, num_classes=9, background_id=0).conf
+    assert first["confusion"]["final"]["counts"] == expected_counts[:, :9].tolist()
+    assert set(first["confusion"]) == {"final", "control_final"}
+    report_md = (fixture_dir / "report.md").read_text()
+    assert "## DHR's effect" in report_md and "final minus control final (val)" in report_md
+    for name in ("report.md", "report.json", "report.png", "per_class.png", "confusion.png"):
         assert (fixture_dir / name).is_file(), name
     from PIL import Image
 
     grid = Image.open(fixture_dir / "report.png")
-    assert 1.5 < grid.width / grid.height < 4  # 2 example rows of 5 panels
-    from dhr.report import PANELS
-
-    assert first["example_panels"] == [2, len(PANELS)] == [2, 5] and first["figures"] == ["per_class.png", "report.png"]
+    assert 2 < grid.width / grid.height < 5.5  # 2 example rows of 7 panels
+    assert first["example_panels"] == [2, 7]
+    assert first["figures"] == ["confusion.png", "per_class.png", "report.png"]
 
     pipe = copy_run(fixture_dir, tmp_path / "pipe")  # the runs below change the cache: on a copy
     caplog.set_level(logging.INFO)
@@ -70,13 +88,18 @@ def test_pipeline_runs_caches_and_reruns_only_what_a_change_touches(tmp_path, sy
     assert set(statuses(again).values()) == {"cached", "skipped"} and statuses(again)["report"] == "cached"
 
     changed = run(pipeline_cfg(tmp_path, synth_root, f"pipeline.overrides.dhr={listed([*TINY_STAGE, 'model.dhr.tau=0.5'])}"))
-    assert statuses(changed) == {"seeds": "cached", "uss": "cached", "dhr": "ran", "final": "ran", "baseline": "cached",
-                                 "ceiling": "skipped", "report": "ran"}
+    assert statuses(changed) == {"seeds": "cached", "uss": "cached", "dhr": "ran", "control": "cached", "final": "ran",
+                                 "control_final": "cached", "baseline": "cached", "ceiling": "skipped", "report": "ran"}
+    # the control takes dhr's overrides (tau is inert with relabelling off: the control stays cached) ...
+    widened = run(pipeline_cfg(tmp_path, synth_root, f"pipeline.overrides.dhr={listed([*TINY_STAGE, 'recipe.lr=0.02'])}",
+                               "pipeline.to=control"))
+    assert statuses(widened)["dhr"] == "ran" and statuses(widened)["control"] == "ran"  # ... a recipe change re-runs it
     assert "stage dhr: start" in caplog.text and "stage dhr: done in" in caplog.text
 
     forced = run(pipeline_cfg(tmp_path, synth_root, "pipeline.force=[dhr]"))
     assert statuses(forced)["dhr"] == "ran" and statuses(forced)["final"] == "ran"
     assert statuses(forced)["baseline"] == "cached" and statuses(forced)["seeds"] == "cached"
+    assert statuses(forced)["control"] == "cached" and statuses(forced)["control_final"] == "cached"
     assert list(pipe.glob("dhr-*.replaced-*"))  # the earlier result is kept, not overwritten
 
 
@@ -207,3 +230,58 @@ def test_final_model_mask2former_reaches_final_and_baseline(tmp_path):
         assert composed.model._target_ == "dhr.modules.mask2former.Mask2FormerModule" and composed.tag == "Mask2Former"
         assert composed.model.num_queries == 7 and "aspp_channels" not in composed.model  # routed where the key exists
         assert composed.data.seeds_dir == str(tmp_path / masks)
+
+
+def test_repeats_run_each_training_stage_per_seed_and_report_mean_std_and_paired_effects(tmp_path, synth_root,
+                                                                                         pipeline_run):
+    """pipeline.repeats=2 reuses seed 1 (the fixture's stages) and trains seed 2; each row is the mean of the two
+    seeds' rows with their sample std, and DHR minus control is paired seed by seed."""
+    import numpy as np
+
+    from dhr.pipeline import run
+
+    fixture_dir, first = pipeline_run
+    copy_run(fixture_dir, tmp_path / "pipe")
+    report = run(pipeline_cfg(tmp_path, synth_root, "pipeline.repeats=2", "pipeline.only=[seeds,uss,dhr,control,report]"))
+    assert report["seeds"] == [1, 2]
+    assert statuses(report)["dhr"] == "cached/ran" and statuses(report)["final"] == "cached/skipped"
+    assert len(list((tmp_path / "pipe").glob("control-*"))) == 2  # one cached folder per seed
+    runs, rows = report["runs"], report["rows"]
+    assert [r["seed"] for r in runs["dhr_masks"]] == [1, 2]
+    assert runs["dhr_masks"][0]["mIoU"] == pytest.approx(first["rows"]["dhr_masks"]["mIoU"])  # seed 1 = the cached run
+    values = [r["mIoU"] for r in runs["control_masks"]]
+    assert rows["control_masks"]["mIoU"] == pytest.approx(np.mean(values))
+    assert rows["control_masks"]["std"]["mIoU"] == pytest.approx(np.std(values, ddof=1)) and rows["control_masks"]["n"] == 2
+    assert rows["final"]["n"] == 1 and rows["final"]["std"] is None  # only seed 1 trained the final model
+    paired = [a["mIoU"] - b["mIoU"] for a, b in zip(runs["dhr_masks"], runs["control_masks"], strict=True)]
+    assert report["effect"]["masks"]["mIoU"]["values"] == pytest.approx(paired)
+    assert report["effect"]["masks"]["mIoU"]["std"] == pytest.approx(np.std(paired, ddof=1))
+    assert report["effect"]["final"]["seeds"] == [1] and report["effect"]["final"]["mIoU"]["std"] is None  # seed 1 only
+    assert " ± " in (tmp_path / "pipe" / "report.md").read_text()
+
+
+def test_control_off_repeats_refused_and_a_seed_reaches_every_training_run(tmp_path, synth_root):
+    from dhr.errors import DHRError
+    from dhr.pipeline import StageResult, run, stage_steps
+
+    with pytest.raises(DHRError, match="pipeline.repeats=0: give a whole number"):
+        run(pipeline_cfg(tmp_path, synth_root, "pipeline.repeats=0"))
+    cfg = pipeline_cfg(tmp_path, synth_root, "pipeline.control=false", "pipeline.to=seeds")
+    assert statuses(run(cfg)) == {"seeds": "ran", **dict.fromkeys(STAGES[1:], "skipped")}
+    done = {"seeds": StageResult("ran", outputs={"masks": "S"}), "uss": StageResult("ran", outputs={"features": "F", "patch": 8}),
+            "control": StageResult("ran", outputs={"masks": "C"})}
+    train, predict = stage_steps("control", cfg, [], done, seed=7)
+    assert train.overrides[-2:] == ["seed=7", "model.dhr.enabled=false"] and "seed=7" not in predict.overrides
+    (final,) = stage_steps("control_final", cfg, [], done, seed=7)
+    assert "wss.path=C" in final.overrides and "seed=7" in final.overrides
+
+
+def test_a_paired_difference_is_judged_only_beyond_its_spread():
+    from dhr.report import spread, verdict
+
+    assert spread([1.0, 3.0])["std"] == pytest.approx(2 ** 0.5) and spread([2.0])["std"] is None
+    assert spread([None, 4.0])["mean"] == 4.0  # a class absent in one seed counts where it exists
+    assert "DHR better" in verdict(spread([3.0, 4.0, 5.0]), "DHR better", "the control better")
+    assert "the control better" in verdict(spread([-3.0, -4.0, -5.0]), "DHR better", "the control better")
+    assert "no difference shown" in verdict(spread([-1.0, 4.0, 2.0]), "DHR better", "the control better")
+    assert "one seed" in verdict(spread([9.0]), "DHR better", "the control better")
