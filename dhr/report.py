@@ -198,6 +198,9 @@ def build_report(cfg: DictConfig, run_dir: Path, repeats: list[tuple[int | None,
         figures["per_class.png"] = per_class_chart(rows, list(info.classes), minor)
         if counts:
             figures["confusion.png"] = confusion_chart(counts, minor, len(repeats))
+        effect = effects(runs, list(info.classes), minor)
+        if effect:
+            figures["effect.png"] = effect_chart(effect, list(info.classes), minor)
     except Exception as err:  # noqa: BLE001 - a figure must never cost the numbers
         log.warning("report figures not written: %s", err)
     for name, png in figures.items():
@@ -297,7 +300,7 @@ def effect_lines(report: dict[str, Any]) -> list[str]:
         minor = "; ".join(f"{c} {_signed(effect['per_class_iou'][c])}" for c in effect["minor_classes"]
                           if c in effect["per_class_iou"])
         lines.append(f"{titles[name]}: {_signed(effect['mIoU'])} mIoU (per seed: {values})"
-                     + (f"; minor classes: {minor}" if minor else "") + f". {effect['verdict']}.")
+                     + (f"; minor classes: {minor}" if minor else "") + f". Verdict: {effect['verdict']}.")
     return lines
 
 
@@ -474,6 +477,39 @@ def per_class_chart(rows: dict[str, Any], classes: list[str], minor: list[str]) 
     ax.set_xlim(0, 100)
     ax.legend(fontsize=7, loc="lower right", title="row (mIoU)", title_fontsize=7)
     ax.set_title("per-class IoU" + (" (* minor classes)" if minor else ""), fontsize=10)
+    return _png(fig)
+
+
+def effect_chart(effect: dict[str, Any], classes: list[str], minor: list[str]) -> bytes:
+    """DHR minus its control (and minus the 1-round baseline), mIoU and per class, paired by seed: mean bars, std
+    error bars, each seed's difference as a dot. Right of zero: DHR better."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = ["mIoU", *classes]
+    fig, axes = plt.subplots(1, len(effect), figsize=(3.6 * len(effect), 0.32 * len(names) + 1.6), squeeze=False, sharey=True)
+    titles = {"masks": "DHR masks - control masks\n(train)", "final": "final - control final\n(val)",
+              "final_vs_baseline": "final - baseline (val;\n1 round, not a control)"}
+    y = np.arange(len(names))
+    for ax, (name, e) in zip(axes[0], effect.items(), strict=True):
+        stats = [e["mIoU"], *[e["per_class_iou"][c] for c in classes]]
+        means = [s["mean"] if s["mean"] is not None else 0.0 for s in stats]
+        errors = [s["std"] or 0.0 for s in stats]
+        colours = ["tab:green" if m > 0 else "tab:red" for m in means]
+        ax.barh(y, means, xerr=errors, color=colours, alpha=0.6, error_kw={"elinewidth": 0.8, "capsize": 2})
+        for k, s in enumerate(stats):
+            dots = [v for v in s["values"] if v is not None]
+            ax.plot(dots, [k] * len(dots), "k.", markersize=3)
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_title(titles.get(name, name), fontsize=9)
+        ax.set_xlabel("difference (IoU points)", fontsize=8)
+    axes[0, 0].set_yticks(y, ["mIoU", *[_label(c, minor) for c in classes]], fontsize=8)
+    axes[0, 0].invert_yaxis()
+    seeds = len(next(iter(effect.values()))["mIoU"]["values"])
+    fig.suptitle(f"DHR's effect, paired by training seed ({seeds} seed{'s' if seeds > 1 else ''}; bar: mean, "
+                 "line: std, dots: seeds)", fontsize=9)
     return _png(fig)
 
 

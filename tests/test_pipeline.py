@@ -73,14 +73,14 @@ def test_pipeline_runs_caches_and_reruns_only_what_a_change_touches(tmp_path, sy
     assert set(first["confusion"]) == {"final", "control_final"}
     report_md = (fixture_dir / "report.md").read_text()
     assert "## DHR's effect" in report_md and "final minus control final (val)" in report_md
-    for name in ("report.md", "report.json", "report.png", "per_class.png", "confusion.png"):
+    for name in ("report.md", "report.json", "report.png", "per_class.png", "confusion.png", "effect.png"):
         assert (fixture_dir / name).is_file(), name
     from PIL import Image
 
     grid = Image.open(fixture_dir / "report.png")
     assert 2 < grid.width / grid.height < 5.5  # 2 example rows of 7 panels
     assert first["example_panels"] == [2, 7]
-    assert first["figures"] == ["confusion.png", "per_class.png", "report.png"]
+    assert first["figures"] == ["confusion.png", "effect.png", "per_class.png", "report.png"]
 
     pipe = copy_run(fixture_dir, tmp_path / "pipe")  # the runs below change the cache: on a copy
     caplog.set_level(logging.INFO)
