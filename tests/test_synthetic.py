@@ -92,3 +92,34 @@ def test_object_radii_are_parameters_and_old_stamps_still_match(tmp_path):
             areas += [int((label == c).sum()) for c in (7, 8) if (label == c).any()]
         sizes[name] = np.median(areas)
     assert 2.0 < sizes["paper"] / sizes["default"] < 3.5  # area scales with the radius squared (1.6^2 = 2.6)
+
+
+def test_swallowed_seeds_lose_the_minor_objects_that_touch_a_larger_one_and_keep_the_others(tmp_path):
+    import numpy as np
+
+    from dhr.data.synthetic import MINOR_IDS, SYNTH_CLASSES, swallow_touching, write_swallowed_seeds
+    from dhr.errors import DHRError
+    from dhr.utils.io import read_label_png, save_label_png
+
+    bolt, gem = MINOR_IDS
+    stripes = SYNTH_CLASSES.index("warm_stripes")
+    label = np.zeros((40, 40), np.uint8)
+    label[5:25, 5:25] = stripes
+    label[22:28, 22:28] = bolt            # on the boundary of the stripes object: swallowed
+    label[32:36, 2:6] = gem               # on background only: kept
+    label[2:4, 34:36] = bolt              # a second bolt, alone: kept
+    seed, swallowed, kept = swallow_touching(label)
+    assert (swallowed, kept) == (1, 2)
+    assert (seed[22:28, 22:28] == stripes).all() and (seed[32:36, 2:6] == gem).all() and (seed[2:4, 34:36] == bolt).all()
+    assert (seed[label != bolt] == label[label != bolt]).all()  # nothing else moves
+    far = label.copy()
+    far[22:28, 22:28] = 0
+    far[30:34, 30:34] = bolt              # 9 px from the stripes (its corner was the first bolt): beyond reach 2
+    assert swallow_touching(far)[1] == 0 and (swallow_touching(far, reach=9)[0][30:34, 30:34] == stripes).all()
+
+    masks = tmp_path / "mask"
+    save_label_png(masks / "a.png", label, np.zeros((256, 3), np.uint8))
+    assert write_swallowed_seeds(masks, tmp_path / "out") == (1, 1, 2)
+    assert (read_label_png(tmp_path / "out" / "a.png") == seed).all()
+    with pytest.raises(DHRError, match="already holds seed masks"):
+        write_swallowed_seeds(masks, tmp_path / "out")
