@@ -315,8 +315,8 @@ def run_stage(name: str, cfg: DictConfig, run_dir: Path, common: list[str], extr
 def execute(name: str, steps: list[Step], stage_dir: Path, extras: list[str], label: str = "") -> StageResult:
     from dhr.utils.io import atomic_write_json
 
-    name = label or name  # the log's name of the stage (with its seed under pipeline.repeats)
-    log.info("stage %s: start (%s)", name, stage_dir)
+    label = label or name  # the log's name of the stage (with its seed under pipeline.repeats)
+    log.info("stage %s: start (%s)", label, stage_dir)
     start = time.perf_counter()
     cfgs: dict[str, DictConfig] = {}
     for step in steps:
@@ -324,7 +324,7 @@ def execute(name: str, steps: list[Step], stage_dir: Path, extras: list[str], la
         cfg = compose_step(step, stage_dir, extras)
         cfgs[step.entry] = cfg
         if marker.is_file():
-            log.info("stage %s: %s already finished", name, step.subdir)
+            log.info("stage %s: %s already finished", label, step.subdir)
             continue
         if step.entry == "train" and (stage_dir / step.subdir / "checkpoints").is_dir():
             from omegaconf import open_dict
@@ -335,14 +335,13 @@ def execute(name: str, steps: list[Step], stage_dir: Path, extras: list[str], la
         run_step(step, cfg)
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text("finished\n")
-        log.info("stage %s: %s finished in %.1f s", name, step.subdir, time.perf_counter() - t0)
+        log.info("stage %s: %s finished in %.1f s", label, step.subdir, time.perf_counter() - t0)
     seconds = time.perf_counter() - start
-    stage = stage_dir.name.rsplit("-", 1)[0]
-    result = StageResult("ran", uuid.uuid4().hex, stage_dir, seconds, stage_outputs(stage, stage_dir, cfgs))
-    atomic_write_json(stage_dir / MANIFEST, {"stage": stage, "run_id": result.run_id, "seconds": seconds,
+    result = StageResult("ran", uuid.uuid4().hex, stage_dir, seconds, stage_outputs(name, stage_dir, cfgs))
+    atomic_write_json(stage_dir / MANIFEST, {"stage": name, "run_id": result.run_id, "seconds": seconds,
                                             "outputs": result.outputs,
                                             "overrides": {s.subdir: [*s.overrides, *s.routed] for s in steps}, "extras": extras})
-    log.info("stage %s: done in %.1f s", name, seconds)
+    log.info("stage %s: done in %.1f s", label, seconds)
     return result
 
 

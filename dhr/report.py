@@ -185,6 +185,7 @@ def build_report(cfg: DictConfig, run_dir: Path, repeats: list[tuple[int | None,
             runs[row] = [{"seed": seed, **{m: one[m] for m in METRICS}, "per_class_iou": one["per_class_iou"]}
                          for seed, one in scored]
     rows = {row: aggregate(runs[row], firsts[row]) for row in runs}
+    effect = effects(runs, list(info.classes), minor)
     counts = {}
     for row, stage in CONFUSION_ROWS:
         matrices = [confusion_matrix(done[stage].outputs, cfg, info) for _, done in repeats
@@ -198,7 +199,6 @@ def build_report(cfg: DictConfig, run_dir: Path, repeats: list[tuple[int | None,
         figures["per_class.png"] = per_class_chart(rows, list(info.classes), minor)
         if counts:
             figures["confusion.png"] = confusion_chart(counts, minor, len(repeats))
-        effect = effects(runs, list(info.classes), minor)
         if effect:
             figures["effect.png"] = effect_chart(effect, list(info.classes), minor)
     except Exception as err:  # noqa: BLE001 - a figure must never cost the numbers
@@ -208,7 +208,7 @@ def build_report(cfg: DictConfig, run_dir: Path, repeats: list[tuple[int | None,
     expected, departure = check_rows(rows, published_numbers(cfg))
     return {"key": key, "dataset": info.name, "classes": list(info.classes), "minor_classes": minor,
             "seeds": [seed for seed, _ in repeats], "rows": rows, "runs": runs,
-            "effect": effects(runs, list(info.classes), minor), "confusion": counts, "expected": expected,
+            "effect": effect, "confusion": counts, "expected": expected,
             "first_departure": departure, "stages": {}, "figures": sorted(figures), "example_panels": panels}
 
 

@@ -17,7 +17,7 @@ import io
 import json
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -244,28 +244,37 @@ def generate_from_cfg(data_root: str | os.PathLike, dataset_cfg: Mapping[str, An
     return generate(data_root, str(dataset_cfg["name"]), **dict(spec))
 
 
-def write_erased_seeds(mask_dir: str | os.PathLike, out_dir: str | os.PathLike, classes: tuple[int, ...] = MINOR_IDS,
-                       fill: int = 0, overwrite: bool = False) -> int:
-    """Seeds that lost the minor objects: GT masks with ``classes`` set to ``fill`` (background).
-
-    The controlled case of DHR's problem: a WSS method whose seeds swallowed every small
-    object. Written atomically; refuses a non-empty ``out_dir`` unless ``overwrite``.
-    """
+def _rewrite_masks(mask_dir: str | os.PathLike, out_dir: str | os.PathLike, rewrite: Callable[[np.ndarray], np.ndarray],
+                   overwrite: bool) -> int:
+    """Each GT mask of ``mask_dir`` through ``rewrite`` into ``out_dir`` (palette PNGs, atomic); refuses a
+    non-empty ``out_dir`` unless ``overwrite``. Returns the number of masks written."""
     from dhr.utils.io import read_label_png, save_label_png
 
     src, dst = Path(mask_dir), Path(out_dir)
     if not src.is_dir():
-        raise DHRError(f"{src}: GT mask folder not found")
+        raise DHRError(f"{src}: GT mask folder not found (generate the dataset first, e.g. python -m dhr.doctor)")
     if dst.is_dir() and any(dst.glob("*.png")) and not overwrite:
         raise DHRError(f"{dst} already holds seed masks; pass overwrite=True or choose another folder")
     palette = make_palette("voc", len(SYNTH_CLASSES))
     count = 0
     for path in sorted(src.glob("*.png")):
-        label = read_label_png(path).copy()
-        label[np.isin(label, classes)] = fill
-        save_label_png(dst / path.name, label, palette)
+        save_label_png(dst / path.name, rewrite(read_label_png(path)), palette)
         count += 1
     return count
+
+
+def write_erased_seeds(mask_dir: str | os.PathLike, out_dir: str | os.PathLike, classes: tuple[int, ...] = MINOR_IDS,
+                       fill: int = 0, overwrite: bool = False) -> int:
+    """Seeds that lost the minor objects: GT masks with ``classes`` set to ``fill`` (background).
+
+    The controlled case of DHR's problem: a WSS method whose seeds swallowed every small object.
+    """
+    def erase(label: np.ndarray) -> np.ndarray:
+        out = label.copy()
+        out[np.isin(out, classes)] = fill
+        return out
+
+    return _rewrite_masks(mask_dir, out_dir, erase, overwrite)
 
 
 def swallow_touching(label: np.ndarray, classes: tuple[int, ...] = MINOR_IDS, reach: int = 2,
@@ -301,19 +310,14 @@ def write_swallowed_seeds(mask_dir: str | os.PathLike, out_dir: str | os.PathLik
                           reach: int = 2, overwrite: bool = False) -> tuple[int, int, int]:
     """Seeds that lost the minor objects where they touch larger ones (:func:`swallow_touching` on each GT mask).
 
-    Returns (masks written, objects swallowed, objects kept). Refuses a non-empty ``out_dir`` unless ``overwrite``.
+    Returns (masks written, objects swallowed, objects kept).
     """
-    from dhr.utils.io import read_label_png, save_label_png
+    tally = [0, 0]
 
-    src, dst = Path(mask_dir), Path(out_dir)
-    if not src.is_dir():
-        raise DHRError(f"{src}: GT mask folder not found (generate the dataset first, e.g. python -m dhr.doctor)")
-    if dst.is_dir() and any(dst.glob("*.png")) and not overwrite:
-        raise DHRError(f"{dst} already holds seed masks; pass overwrite=True or choose another folder")
-    palette = make_palette("voc", len(SYNTH_CLASSES))
-    count = swallowed = kept = 0
-    for path in sorted(src.glob("*.png")):
-        seed, s, k = swallow_touching(read_label_png(path), classes, reach)
-        save_label_png(dst / path.name, seed, palette)
-        count, swallowed, kept = count + 1, swallowed + s, kept + k
-    return count, swallowed, kept
+    def rewrite(label: np.ndarray) -> np.ndarray:
+        seed, swallowed, kept = swallow_touching(label, classes, reach)
+        tally[0] += swallowed
+        tally[1] += kept
+        return seed
+
+    return _rewrite_masks(mask_dir, out_dir, rewrite, overwrite), tally[0], tally[1]
