@@ -7,6 +7,7 @@ Stages, in order (``dhr-method.md`` §2):
 * ``dhr``      DHR training on the seeds and features, then the DHR masks of the train split;
 * ``control``  the true control of ``dhr``: the same network, recipe, losses and mask prediction with
   relabelling off (``model.dhr.enabled=false``), then its masks of the train split (``pipeline.control``);
+  it reads no USS feature, so one control serves every feature choice;
 * ``final``    the segmentation model (``pipeline.final_model``) trained on the DHR masks;
 * ``control_final`` the same model trained on the control's masks: DHR's effect is final minus this;
 * ``baseline`` the same model trained on the seeds: one round of training, no second round at all;
@@ -45,7 +46,7 @@ from dhr.utils.cli import hydra_entry
 
 log = logging.getLogger(__name__)
 STAGES = ("seeds", "uss", "dhr", "control", "final", "control_final", "baseline", "ceiling", "report")
-READS = {"seeds": (), "uss": (), "dhr": ("seeds", "uss"), "control": ("seeds", "uss"), "final": ("dhr",),
+READS = {"seeds": (), "uss": (), "dhr": ("seeds", "uss"), "control": ("seeds",), "final": ("dhr",),
          "control_final": ("control",), "baseline": ("seeds",), "ceiling": (),
          "report": ("seeds", "dhr", "control", "final", "control_final", "baseline", "ceiling")}
 CONTROL_OF = {"control": "dhr", "control_final": "final"}  # each control: the stage it copies, relabelling off
@@ -103,8 +104,12 @@ def stage_steps(name: str, cfg: DictConfig, common: list[str], done: dict[str, S
                                   "overwrite=true"], "features")]
     seeds = done["seeds"].outputs.get("masks")
     if name in ("dhr", "control"):
-        uss = done["uss"].outputs
-        inputs = ["wss=folder", f"wss.path={seeds}", f"data.uss_dir={uss['features']}", f"model.dhr.uss_patch={uss['patch']}"]
+        if name == "dhr":
+            uss = done["uss"].outputs
+            inputs = ["wss=folder", f"wss.path={seeds}", f"data.uss_dir={uss['features']}",
+                      f"model.dhr.uss_patch={uss['patch']}"]
+        else:  # relabelling off reads no USS feature: one control serves every feature choice (oracle, CAUSE, ...)
+            inputs = ["wss=folder", f"wss.path={seeds}", "data.uss_dir=null"]
         switch = [RELABELLING_OFF] if name == "control" else []
         return [Step("train", [*common, "model=dhr", *inputs, *own, *seeded, *switch], "train"),
                 Step("predict", [*common, "model=dhr", "ckpt={dir}/train/checkpoints/last.ckpt", "split=train",
@@ -177,12 +182,12 @@ def config_key(name: str, steps: list[Step], extras: list[str], reads: dict[str,
 
 
 def relabelling_inert(config: dict[str, Any]) -> dict[str, Any]:
-    """A control config as its key sees it. Its training has relabelling off and prediction never relabels, so
-    the relabelling switches (``model.dhr.*`` but ``enabled`` and the feature folder and patch the data loader
-    reads) change nothing: a sweep of ``model.dhr.tau`` re-runs ``dhr``, never its control."""
+    """A control config as its key sees it. Its training has relabelling off, reads no USS feature and
+    prediction never relabels, so the relabelling switches (``model.dhr.*`` but ``enabled``) change nothing:
+    a sweep of ``model.dhr.tau`` or of the USS features re-runs ``dhr``, never its control."""
     node = (config.get("model") or {}).get("dhr")
     if isinstance(node, dict):
-        config["model"]["dhr"] = {k: node.get(k) for k in ("enabled", "uss_name", "uss_patch")}
+        config["model"]["dhr"] = {"enabled": node.get("enabled")}
     return config
 
 

@@ -123,3 +123,19 @@ def test_init_from_a_cam_checkpoint_copies_backbone_and_cam_head(tmp_path, synth
     torch.save({"dhr_module": "other"}, tmp_path / "x.ckpt")
     with pytest.raises(DHRError, match="not a model=cam checkpoint"):
         module.init_from_cam(str(tmp_path / "x.ckpt"))
+
+
+def test_relabelling_off_reads_no_uss_feature(synth_root, dhr_inputs, tmp_path):
+    """The control (``model.dhr.enabled=false``) trains the same weights with or without USS features, so the
+    pipeline gives it none and one control serves every feature choice (its cache key leaves them out)."""
+    from dhr.train import run
+
+    seeds, _ = dhr_inputs
+    weights = []
+    for name, uss in (("with", []), ("without", ["data.uss_dir=null"])):
+        overrides = dhr_overrides(synth_root, seeds, "model.dhr.enabled=false", "evaluate_after_fit=false", *uss)
+        run(compose_cfg("train", overrides, tmp_path / name))
+        weights.append(torch.load(tmp_path / name / "checkpoints" / "last.ckpt", map_location="cpu",
+                                  weights_only=True)["state_dict"])
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

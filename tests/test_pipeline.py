@@ -4,6 +4,7 @@ stage resumed, the report.json schema, the figures, and plain progress lines in 
 from __future__ import annotations
 
 import logging
+import shutil
 
 import pytest
 from conftest import (
@@ -90,6 +91,10 @@ def test_pipeline_runs_caches_and_reruns_only_what_a_change_touches(tmp_path, sy
     changed = run(pipeline_cfg(tmp_path, synth_root, f"pipeline.overrides.dhr={listed([*TINY_STAGE, 'model.dhr.tau=0.5'])}"))
     assert statuses(changed) == {"seeds": "cached", "uss": "cached", "dhr": "ran", "control": "cached", "final": "ran",
                                  "control_final": "cached", "baseline": "cached", "ceiling": "skipped", "report": "ran"}
+    features = shutil.copytree(next(pipe.glob("uss-*/features")), tmp_path / "other_features")
+    other_uss = run(pipeline_cfg(tmp_path, synth_root, f"pipeline.uss_dir={features}", "pipeline.to=control"))
+    assert statuses(other_uss)["uss"] == "external" and statuses(other_uss)["dhr"] == "ran"
+    assert statuses(other_uss)["control"] == "cached"  # the control reads no USS feature: one serves every choice
     # the control takes dhr's overrides (tau is inert with relabelling off: the control stays cached) ...
     widened = run(pipeline_cfg(tmp_path, synth_root, f"pipeline.overrides.dhr={listed([*TINY_STAGE, 'recipe.lr=0.02'])}",
                                "pipeline.to=control"))
