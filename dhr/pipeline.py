@@ -50,7 +50,8 @@ READS = {"seeds": (), "uss": (), "dhr": ("seeds", "uss"), "control": ("seeds",),
          "control_final": ("control",), "baseline": ("seeds",), "ceiling": (),
          "report": ("seeds", "dhr", "control", "final", "control_final", "baseline", "ceiling")}
 CONTROL_OF = {"control": "dhr", "control_final": "final"}  # each control: the stage it copies, relabelling off
-RELABELLING_OFF = "model.dhr.enabled=false"
+# the control: relabelling off, and so no USS feature to read (one control serves every feature choice)
+CONTROL_SWITCHES = ("model.dhr.enabled=false", "data.uss_dir=null")
 MANIFEST = "manifest.json"
 REPORT_VERSION = 2  # part of the report's cache key: a report of an older layout is rebuilt, not reused
 PIPELINE_KEYS = ("pipeline", "paths", "hydra", "dataset", "wss", "preset", "task_name")  # everything else goes to the stages
@@ -104,13 +105,11 @@ def stage_steps(name: str, cfg: DictConfig, common: list[str], done: dict[str, S
                                   "overwrite=true"], "features")]
     seeds = done["seeds"].outputs.get("masks")
     if name in ("dhr", "control"):
+        inputs = ["wss=folder", f"wss.path={seeds}"]
         if name == "dhr":
             uss = done["uss"].outputs
-            inputs = ["wss=folder", f"wss.path={seeds}", f"data.uss_dir={uss['features']}",
-                      f"model.dhr.uss_patch={uss['patch']}"]
-        else:  # relabelling off reads no USS feature: one control serves every feature choice (oracle, CAUSE, ...)
-            inputs = ["wss=folder", f"wss.path={seeds}", "data.uss_dir=null"]
-        switch = [RELABELLING_OFF] if name == "control" else []
+            inputs += [f"data.uss_dir={uss['features']}", f"model.dhr.uss_patch={uss['patch']}"]
+        switch = list(CONTROL_SWITCHES) if name == "control" else []
         return [Step("train", [*common, "model=dhr", *inputs, *own, *seeded, *switch], "train"),
                 Step("predict", [*common, "model=dhr", "ckpt={dir}/train/checkpoints/last.ckpt", "split=train",
                                  "out_dir={dir}/masks", "overwrite=true"], "predict", routed=own)]

@@ -276,7 +276,8 @@ def test_control_off_repeats_refused_and_a_seed_reaches_every_training_run(tmp_p
     done = {"seeds": StageResult("ran", outputs={"masks": "S"}), "uss": StageResult("ran", outputs={"features": "F", "patch": 8}),
             "control": StageResult("ran", outputs={"masks": "C"})}
     train, predict = stage_steps("control", cfg, [], done, seed=7)
-    assert train.overrides[-2:] == ["seed=7", "model.dhr.enabled=false"] and "seed=7" not in predict.overrides
+    assert train.overrides[-3:] == ["seed=7", "model.dhr.enabled=false", "data.uss_dir=null"]  # no USS feature read
+    assert not any(o.startswith("data.uss_dir=F") for o in train.overrides) and "seed=7" not in predict.overrides
     (final,) = stage_steps("control_final", cfg, [], done, seed=7)
     assert "wss.path=C" in final.overrides and "seed=7" in final.overrides
 
