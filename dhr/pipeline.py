@@ -99,7 +99,12 @@ def stage_steps(name: str, cfg: DictConfig, common: list[str], done: dict[str, S
                                  "out_dir={dir}/masks", "overwrite=true"], "predict", routed=own)]
     if name == "uss":
         backbone = [o for o in own if o.startswith("backbone")]
-        return [Step("train", [*common, "model=cause", *own, *seeded], "train"),
+        pretrain = [str(o) for o in (cfg.pipeline.get("uss_pretrain") or [])]
+        steps = []
+        if pretrain:  # DINO on the training images first; CAUSE then reads its teacher ViT
+            steps.append(Step("train", [*common, "model=dino", *backbone, *pretrain, *seeded], "pretrain"))
+            backbone = [*backbone, "backbone.weights={dir}/pretrain/backbone.pth"]
+        return [*steps, Step("train", [*common, "model=cause", *own, *backbone, *seeded], "train"),
                 Step("features", [*[c for c in common if c.lstrip("+~").startswith(("dataset", "paths"))], *backbone,
                                   "ckpt={dir}/train/checkpoints/head/last.ckpt", "split=train", "out_dir={dir}/features",
                                   "overwrite=true"], "features")]

@@ -291,3 +291,25 @@ def test_a_paired_difference_is_judged_only_beyond_its_spread():
     assert "the control better" in verdict(spread([-3.0, -4.0, -5.0]), "DHR better", "the control better")
     assert "no difference shown" in verdict(spread([-1.0, 4.0, 2.0]), "DHR better", "the control better")
     assert "one seed" in verdict(spread([9.0]), "DHR better", "the control better")
+
+
+def test_uss_pretrain_runs_dino_first_and_cause_reads_its_teacher(tmp_path, synth_root):
+    """pipeline.uss_pretrain: the uss stage pre-trains the ViT with DINO (images only), and both CAUSE's
+    training and the feature export read that teacher, not the random ViT."""
+    import json
+
+    from dhr.pipeline import run
+    from dhr.utils.checkpoint import MODULE_KEY, read_checkpoint
+
+    tiny = '["data.batch_size=4","data.views.global_size=32","data.views.local_size=16","model.out_dim=32"]'
+    report = run(pipeline_cfg(tmp_path, synth_root, f"pipeline.uss_pretrain={tiny}", "pipeline.only=[uss]"))
+    assert statuses(report)["uss"] == "ran"
+    (stage,) = (tmp_path / "pipe").glob("uss-*")
+    weights = stage / "pretrain" / "backbone.pth"
+    assert weights.is_file()
+    assert read_checkpoint(stage / "pretrain" / "checkpoints" / "last.ckpt")[MODULE_KEY] == "dhr.modules.dino.DINOModule"
+    cause = read_checkpoint(stage / "train" / "checkpoints" / "head" / "last.ckpt")
+    assert cause["hyper_parameters"]["backbone"]["weights"] == str(weights)
+    assert json.loads((stage / "features" / "manifest.json").read_text())["backbone"]["weights"] == str(weights)
+    plain = run(pipeline_cfg(tmp_path, synth_root, "pipeline.only=[uss]"))  # without pre-training: another stage
+    assert statuses(plain)["uss"] == "ran" and len(list((tmp_path / "pipe").glob("uss-*"))) == 2

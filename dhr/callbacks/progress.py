@@ -81,7 +81,12 @@ class LogProgress(ProgressBar):
 
 
 def _batch_size(batch: Any) -> int:
-    image = batch.get("image") if isinstance(batch, dict) else None
+    """Images in a batch: its ``image`` tensor, or the first of its ``crops`` (DINO's multi-crop views)."""
+    if not isinstance(batch, dict):
+        return 1
+    image = batch.get("image")
+    if image is None and batch.get("crops"):
+        image = batch["crops"][0]
     return int(image.shape[0]) if image is not None else 1
 
 

@@ -34,20 +34,25 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if not k.startswith("head.")}
 
 
+def create_vit(name: str, *, init_seed: int = 0, **kwargs: Any) -> nn.Module:
+    """A timm ViT without classifier, any input size; a fixed seed makes an unweighted one the same
+    in training, export and resume (and gives DINO's student its start)."""
+    import timm
+
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(init_seed)
+            return timm.create_model(name, pretrained=False, num_classes=0, dynamic_img_size=True, **kwargs)
+    except RuntimeError as err:
+        raise DHRError(f"backbone.name={name!r}: cannot create it with timm ({err})") from None
+
+
 class FrozenViT(nn.Module):
     """A timm ViT in eval mode without gradients; ``forward`` gives (B, D, h, w) patch tokens."""
 
     def __init__(self, name: str, *, weights: str | os.PathLike | None = None, init_seed: int = 0, **kwargs: Any) -> None:
         super().__init__()
-        import timm
-
-        try:
-            # A fixed seed makes an unweighted (random) ViT the same in training, export and resume.
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(init_seed)
-                self.vit = timm.create_model(name, pretrained=False, num_classes=0, dynamic_img_size=True, **kwargs)
-        except RuntimeError as err:
-            raise DHRError(f"backbone.name={name!r}: cannot create it with timm ({err})") from None
+        self.vit = create_vit(name, init_seed=init_seed, **kwargs)
         if weights:
             self.load_weights(weights)
         self.vit.eval()
