@@ -9,8 +9,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-
 from conftest import TEST_ACCELERATOR, compose_cfg, train_once
+
 from dhr.errors import DHRError
 from dhr.models.dino_head import DINOHead
 from dhr.ops.dino import dino_loss, ema_update, teacher_momentum, updated_center
