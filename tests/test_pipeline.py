@@ -210,6 +210,8 @@ def test_the_paper_preset_sets_dataset_and_the_pretrained_backbone_of_each_stage
 
     cfg = compose_cfg("pipeline", ["preset=synthetic_paper"], tmp_path / "pipe")
     assert cfg.dataset.name == "SYNTH_PAPER" and cfg.dataset.generate.min_size == 208
+    assert cfg.wss.simulate == "swallowed" and cfg.wss.path.endswith("SYNTH_PAPER/SWALLOWED/train")
+    assert "wss" not in compose_cfg("pipeline", ["preset=synthetic_paper", "~wss"], tmp_path / "cam")  # CAM seeds
     common = ["dataset=synthetic_paper"]
     train, predict = stage_steps("seeds", cfg, common, {})
     assert predict.routed == ["backbone=efficientnet_lite0"] and "backbone=efficientnet_lite0" not in predict.overrides
@@ -313,3 +315,33 @@ def test_uss_pretrain_runs_dino_first_and_cause_reads_its_teacher(tmp_path, synt
     assert json.loads((stage / "features" / "manifest.json").read_text())["backbone"]["weights"] == str(weights)
     plain = run(pipeline_cfg(tmp_path, synth_root, "pipeline.only=[uss]"))  # without pre-training: another stage
     assert statuses(plain)["uss"] == "ran" and len(list((tmp_path / "pipe").glob("uss-*"))) == 2
+
+
+def test_simulated_swallowed_seeds_are_written_once_and_are_the_seed_row(tmp_path, synth_root):
+    """wss=swallowed: the pipeline writes the simulated seeds of the generated set on first use (GT with the
+    touching minor objects swallowed), scores them as the seeds row, and reuses them after."""
+    import numpy as np
+
+    from dhr.data.sources import ensure_simulated_seeds
+    from dhr.data.synthetic import swallow_touching
+    from dhr.errors import DHRError
+    from dhr.pipeline import run
+    from dhr.utils.io import read_label_png
+
+    root = tmp_path / "data"
+    shutil.copytree(synth_root, root)
+    cfg = compose_cfg("pipeline", tiny_pipeline_overrides(root, "wss=swallowed", "pipeline.only=[seeds,report]"),
+                      tmp_path / "pipe")
+    report = run(cfg)
+    folder = root / "WSS" / "SYNTH" / "SWALLOWED" / "train"
+    assert statuses(report)["seeds"] == "external" and len(list(folder.glob("*.png"))) == 24
+    gt = read_label_png(next((root / "SYNTH" / "train" / "mask").glob("*.png")))
+    name = next((root / "SYNTH" / "train" / "mask").glob("*.png")).name
+    assert np.array_equal(read_label_png(folder / name), swallow_touching(gt, (7, 8), 2)[0])
+    assert report["rows"]["seeds"]["protocol"]["made_by"] == "wss=SWALLOWED"
+    stamp = (folder / name).stat().st_mtime_ns
+    run(compose_cfg("pipeline", tiny_pipeline_overrides(root, "wss=swallowed", "pipeline.only=[seeds,report]"),
+                    tmp_path / "pipe2"))
+    assert (folder / name).stat().st_mtime_ns == stamp and not list(folder.parent.glob(".*partial"))
+    with pytest.raises(DHRError, match="only the generated synthetic sets"):
+        ensure_simulated_seeds(root, {"name": "VOC2012"}, tmp_path / "none", mode="swallowed")

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from dhr.data.layout import IMAGE_EXTS, DatasetInfo
-from dhr.data.synthetic import generate_from_cfg
+from dhr.data.synthetic import generate_from_cfg, write_erased_seeds, write_swallowed_seeds
 from dhr.data.tags import write_xml
 from dhr.errors import DHRError
 from dhr.utils.io import atomic_write_json
@@ -37,6 +37,43 @@ def ensure_dataset(data_root: str | os.PathLike, dataset_cfg: Mapping[str, Any])
     if dataset_cfg.get("folder"):
         return build_folder_view(Path(data_root), dataset_cfg)
     return generate_from_cfg(data_root, dataset_cfg)
+
+
+SIMULATED_SEEDS = ("swallowed", "erased")
+
+
+def ensure_simulated_seeds(data_root: str | os.PathLike, dataset_cfg: Mapping[str, Any], folder: str | os.PathLike,
+                           *, mode: str, reach: int = 2) -> Path:
+    """The simulated WSS seeds of a generated set (``wss=swallowed``), written once, whole or not at all.
+
+    ``swallowed``: each minor object that touches a larger one takes its class, as seed expansion
+    floods it; ``erased``: every minor object is background. Made from the GT masks, so they stand
+    in for a WSS method's output in a controlled study, never for one of its results.
+    """
+    folder = Path(folder)
+    if folder.is_dir() and any(folder.glob("*.png")):
+        return folder
+    if mode not in SIMULATED_SEEDS:
+        raise DHRError(f"wss.simulate={mode!r}: use one of {SIMULATED_SEEDS}")
+    if not dataset_cfg.get("generate"):
+        raise DHRError(f"wss.simulate={mode}: only the generated synthetic sets have simulated seeds "
+                       f"(dataset {dataset_cfg.get('name')} is not generated); bring a WSS method's masks with wss=folder wss.path=DIR")
+    ensure_dataset(data_root, dataset_cfg)
+    from dhr.data.layout import DatasetLayout
+
+    masks = DatasetLayout(data_root, DatasetInfo.from_cfg(dict(dataset_cfg))).mask_dir("train")
+    partial = folder.with_name(f".{folder.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    if mode == "swallowed":
+        n, swallowed, kept = write_swallowed_seeds(masks, partial, reach=int(reach))
+        what = f"{swallowed} minor objects swallowed by a neighbour, {kept} kept"
+    else:
+        n, what = write_erased_seeds(masks, partial), "every minor object erased"
+    if folder.is_dir():
+        folder.rmdir()  # empty: a folder with PNGs returned above
+    partial.rename(folder)
+    log.info("simulated %s seeds: %d masks in %s (%s)", mode, n, folder, what)
+    return folder
 
 
 def read_tags_file(path: Path, info: DatasetInfo) -> dict[str, list[str]]:
