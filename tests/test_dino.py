@@ -135,3 +135,26 @@ def test_a_non_finite_loss_stops_with_the_fix(synth_root, tmp_path):
                                 "model.warmup_fraction=0"], tmp_path / "run")
     with pytest.raises(DHRError, match="lower model.lr"):
         run(cfg)
+
+
+def test_ddp_on_cpu_keeps_student_teacher_and_centre_identical(tmp_path, synth_root):
+    """Under DDP the centre is the mean over every rank's teacher outputs: the replicas stay equal, centre included."""
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    class Dump(pl.Callback):
+        def on_train_end(self, trainer, pl_module):
+            torch.save({k: v.cpu() for k, v in pl_module.state_dict().items()}, tmp_path / f"rank{trainer.global_rank}.pt")
+
+    cfg = compose_cfg("train", dino_overrides(synth_root), tmp_path / "run")
+    module = instantiate(OmegaConf.to_container(cfg.model, resolve=True))
+    data = instantiate(OmegaConf.to_container(cfg.data, resolve=True))
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_fork", max_steps=3, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[Dump()])
+    trainer.fit(module, datamodule=data)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0["center"].abs().sum() > 0
+    for key in r0:
+        assert torch.equal(r0[key], r1[key]), f"replicas differ at {key}"

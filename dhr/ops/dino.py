@@ -37,8 +37,11 @@ def dino_loss(student: Sequence[torch.Tensor], teacher: Sequence[torch.Tensor], 
 
 @torch.no_grad()
 def updated_center(center: torch.Tensor, teacher: Sequence[torch.Tensor], momentum: float) -> torch.Tensor:
-    """The centre's EMA over the batch mean of every teacher output (all global crops)."""
+    """The centre's EMA over the batch mean of every teacher output (all global crops, of every DDP rank)."""
     batch_mean = torch.cat([t.detach() for t in teacher]).mean(0, keepdim=True)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(batch_mean)  # ranks hold equal batch sizes: the mean of means is the mean
+        batch_mean /= torch.distributed.get_world_size()
     return center * momentum + batch_mean * (1.0 - momentum)
 
 
