@@ -11,7 +11,6 @@ the expected shape are skipped, so an interrupted export resumes.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 from collections.abc import Sequence
@@ -27,14 +26,11 @@ log = logging.getLogger(__name__)
 
 def export_for_dhr(module: Any, path: str | Path) -> None:
     """Write the official DHR format: ``{"decoder": head_ema.* state, "codebook": K x D}``."""
-    import torch
 
-    from dhr.utils.io import atomic_write_bytes
+    from dhr.utils.io import atomic_torch_save
 
     decoder = {f"head_ema.{k}": v.detach().cpu() for k, v in module.head_ema.state_dict().items()}
-    buffer = io.BytesIO()
-    torch.save({"decoder": decoder, "codebook": module.codebook.detach().cpu()}, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    atomic_torch_save(path, {"decoder": decoder, "codebook": module.codebook.detach().cpu()})
 
 
 def load_teacher(ckpt: str | Path, backbone_cfg: dict[str, Any], num_queries: int | None = None) -> tuple[Any, Any]:
@@ -133,7 +129,7 @@ def run(cfg: DictConfig) -> dict[str, int]:
     from dhr.engine import check_pretrained
     from dhr.errors import DHRError
     from dhr.utils.imagenet import normalize_rgb
-    from dhr.utils.io import atomic_write_bytes, atomic_write_json, read_rgb, refuse_inside
+    from dhr.utils.io import atomic_torch_save, atomic_write_json, read_rgb, refuse_inside
 
     check_pretrained(cfg.backbone)
     dataset = OmegaConf.to_container(cfg.dataset, resolve=True)
@@ -181,9 +177,7 @@ def run(cfg: DictConfig) -> dict[str, int]:
                 pass
         x = torch.from_numpy(normalize_rgb(image)).permute(2, 0, 1)[None].to(device)
         feats = extract(vit, head, x, cfg.scales, cfg.flip).half().cpu()
-        buffer = io.BytesIO()
-        torch.save(feats.contiguous(), buffer)
-        atomic_write_bytes(target, buffer.getvalue())
+        atomic_torch_save(target, feats.contiguous())
         written += 1
     log.info("CAUSE features: %d written, %d already present, in %s", written, skipped, out_dir)
     return {"written": written, "skipped": skipped}

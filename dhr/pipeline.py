@@ -226,11 +226,12 @@ def external_stage(name: str, cfg: DictConfig) -> StageResult | None:
     """Seeds brought by ``wss=`` or USS features in ``pipeline.uss_dir``: no stage to run."""
     if name == "seeds" and cfg.get("wss"):
         folder = Path(cfg.wss.path)
-        if cfg.wss.get("simulate"):  # wss=swallowed: written from the generated GT on first use
+        simulated = OmegaConf.select(cfg, "data.simulated_seeds")
+        if simulated:  # wss=swallowed: written from the generated GT before the folder is fingerprinted
             from dhr.data.sources import ensure_simulated_seeds
 
             ensure_simulated_seeds(cfg.paths.data_root, OmegaConf.to_container(cfg.dataset, resolve=True), folder,
-                                   mode=str(cfg.wss.simulate), reach=int(cfg.wss.get("reach", 2)))
+                                   **OmegaConf.to_container(simulated, resolve=True))
         return StageResult("external", folder_fingerprint(folder), outputs={"masks": str(folder), "split": "train",
                                                                               "source": f"wss={cfg.wss.method}"})
     on_disk = Path(cfg.paths.data_root) / cfg.dataset.name / str(cfg.dataset.splits.train) / "CAUSE"

@@ -13,7 +13,6 @@ backbone.weights=dino_*.pth); convert checks it once and reports what matched.
 
 from __future__ import annotations
 
-import io
 import logging
 import sys
 from pathlib import Path
@@ -35,16 +34,13 @@ Exit status: 0 converted, 2 bad input (the file, the keys that do not fit, the f
 
 
 def _save(obj: Any, dst: Path, overwrite: bool) -> None:
-    import torch
 
     from dhr.errors import DHRError
-    from dhr.utils.io import atomic_write_bytes
+    from dhr.utils.io import atomic_torch_save
 
     if dst.exists() and not overwrite:
         raise DHRError(f"{dst}: exists; pass overwrite=true to replace it or choose another DST")
-    buffer = io.BytesIO()
-    torch.save(obj, buffer)
-    atomic_write_bytes(dst, buffer.getvalue())
+    atomic_torch_save(dst, obj)
 
 
 def backbone_node(option: str) -> dict[str, Any]:

@@ -210,7 +210,7 @@ def test_the_paper_preset_sets_dataset_and_the_pretrained_backbone_of_each_stage
 
     cfg = compose_cfg("pipeline", ["preset=synthetic_paper"], tmp_path / "pipe")
     assert cfg.dataset.name == "SYNTH_PAPER" and cfg.dataset.generate.min_size == 208
-    assert cfg.wss.simulate == "swallowed" and cfg.wss.path.endswith("SYNTH_PAPER/SWALLOWED/train")
+    assert cfg.data.simulated_seeds.mode == "swallowed" and cfg.wss.path.endswith("SYNTH_PAPER/SWALLOWED/train")
     assert "wss" not in compose_cfg("pipeline", ["preset=synthetic_paper", "~wss"], tmp_path / "cam")  # CAM seeds
     common = ["dataset=synthetic_paper"]
     train, predict = stage_steps("seeds", cfg, common, {})
@@ -345,3 +345,12 @@ def test_simulated_swallowed_seeds_are_written_once_and_are_the_seed_row(tmp_pat
     assert (folder / name).stat().st_mtime_ns == stamp and not list(folder.parent.glob(".*partial"))
     with pytest.raises(DHRError, match="only the generated synthetic sets"):
         ensure_simulated_seeds(root, {"name": "VOC2012"}, tmp_path / "none", mode="swallowed")
+    # dhr.train writes them too: the training data module makes them before it reads them
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    fresh = tmp_path / "fresh"
+    shutil.copytree(synth_root, fresh)
+    train = compose_cfg("train", [*tiny_train_overrides(fresh), "model=dhr", "wss=swallowed"], tmp_path / "train")
+    instantiate(OmegaConf.to_container(train.data, resolve=True)).prepare_data()
+    assert np.array_equal(read_label_png(fresh / "WSS" / "SYNTH" / "SWALLOWED" / "train" / name), read_label_png(folder / name))

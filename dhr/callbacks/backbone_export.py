@@ -7,15 +7,13 @@ atomically so that a killed run never leaves half a file for the next stage to r
 
 from __future__ import annotations
 
-import io
 import logging
 from pathlib import Path
 
 import pytorch_lightning as pl
-import torch
 from pytorch_lightning.callbacks import Callback
 
-from dhr.utils.io import atomic_write_bytes
+from dhr.utils.io import atomic_torch_save
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +25,5 @@ class BackboneExport(Callback):
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero or trainer.fast_dev_run:
             return
-        buffer = io.BytesIO()
-        torch.save(pl_module.backbone_state_dict(), buffer)
-        atomic_write_bytes(self.path, buffer.getvalue())
+        atomic_torch_save(self.path, pl_module.backbone_state_dict())
         log.info("backbone weights: %s (backbone.weights=%s loads them)", self.path, self.path)

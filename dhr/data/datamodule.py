@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from dhr.data.datasets import SegmentationDataset, pad_collate
 from dhr.data.layout import MAX_LISTED_PROBLEMS, DatasetInfo, DatasetLayout
 from dhr.data.sampler import EpochShuffle, EvalShard
-from dhr.data.sources import ensure_dataset
+from dhr.data.sources import ensure_dataset, ensure_simulated_seeds
 from dhr.data.transforms import eval_transform, train_transform
 from dhr.errors import DHRError
 
@@ -53,6 +53,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         uss_dir: str | None,
         uss_patch: int | None,
         seed: int = 1,
+        simulated_seeds: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.dataset_cfg = dict(dataset)
@@ -63,6 +64,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         if masks not in ("gt", "none", "seeds"):
             raise DHRError(f"data.masks={masks!r}: use gt (GT masks), none (tags only) or seeds (with wss=...)")
         self.masks, self.seeds_dir = masks, seeds_dir
+        self.simulated_seeds = dict(simulated_seeds) if simulated_seeds else None
         self.batch_size, self.val_batch_size = int(batch_size), int(val_batch_size)
         if self.batch_size < 1 or self.val_batch_size < 1:
             raise DHRError(f"data.batch_size={batch_size}, data.val_batch_size={val_batch_size}: use whole numbers >= 1 "
@@ -92,6 +94,8 @@ class SegmentationDataModule(pl.LightningDataModule):
     # -- set-up ---------------------------------------------------------------------------------
     def prepare_data(self) -> None:
         ensure_dataset(self.layout.data_root, self.dataset_cfg)
+        if self.simulated_seeds and self.seeds_dir:  # wss=swallowed: written from the generated GT on first use
+            ensure_simulated_seeds(self.layout.data_root, self.dataset_cfg, self.seeds_dir, **self.simulated_seeds)
 
     def train_mask_dir(self) -> Path | None:
         """GT masks (``gt``), no masks (``none``: image-level tags only), or the seed masks (``seeds``)."""

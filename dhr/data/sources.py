@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from dhr.data.layout import IMAGE_EXTS, DatasetInfo
+from dhr.data.layout import IMAGE_EXTS, DatasetInfo, DatasetLayout
 from dhr.data.synthetic import generate_from_cfg, write_erased_seeds, write_swallowed_seeds
 from dhr.data.tags import write_xml
 from dhr.errors import DHRError
@@ -54,13 +54,11 @@ def ensure_simulated_seeds(data_root: str | os.PathLike, dataset_cfg: Mapping[st
     if folder.is_dir() and any(folder.glob("*.png")):
         return folder
     if mode not in SIMULATED_SEEDS:
-        raise DHRError(f"wss.simulate={mode!r}: use one of {SIMULATED_SEEDS}")
+        raise DHRError(f"data.simulated_seeds.mode={mode!r}: use one of {SIMULATED_SEEDS}")
     if not dataset_cfg.get("generate"):
-        raise DHRError(f"wss.simulate={mode}: only the generated synthetic sets have simulated seeds "
+        raise DHRError(f"data.simulated_seeds.mode={mode}: only the generated synthetic sets have simulated seeds "
                        f"(dataset {dataset_cfg.get('name')} is not generated); bring a WSS method's masks with wss=folder wss.path=DIR")
     ensure_dataset(data_root, dataset_cfg)
-    from dhr.data.layout import DatasetLayout
-
     masks = DatasetLayout(data_root, DatasetInfo.from_cfg(dict(dataset_cfg))).mask_dir("train")
     partial = folder.with_name(f".{folder.name}.partial")
     shutil.rmtree(partial, ignore_errors=True)

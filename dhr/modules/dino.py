@@ -10,6 +10,7 @@ is what CAUSE then reads (``callbacks.backbone_export`` writes it in the DINO ke
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from typing import Any
 
@@ -74,14 +75,9 @@ class DINOModule(DHRLightningModule):
     def _logits(net: nn.ModuleDict, crops: list[torch.Tensor]) -> list[torch.Tensor]:
         """One forward per crop size (the global crops together, the local ones together)."""
         out: list[torch.Tensor] = []
-        start = 0
-        while start < len(crops):
-            end = start
-            while end < len(crops) and crops[end].shape[-2:] == crops[start].shape[-2:]:
-                end += 1
-            logits = net["head"](net["backbone"](torch.cat(crops[start:end])))
-            out += list(logits.chunk(end - start))
-            start = end
+        for _, same_size in itertools.groupby(crops, key=lambda crop: crop.shape[-2:]):
+            group = list(same_size)
+            out += net["head"](net["backbone"](torch.cat(group))).chunk(len(group))
         return out
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:

@@ -7,19 +7,15 @@ previous file stays whole until the new one is complete.
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
-import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
-from dhr.utils.io import atomic_write_bytes
+from dhr.utils.io import atomic_torch_save
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if storage_options is not None:
             raise TypeError(f"{type(self).__name__} takes no storage_options, got {storage_options!r}")
-        buffer = io.BytesIO()
-        torch.save(checkpoint, buffer)
-        atomic_write_bytes(path, buffer.getvalue())
+        atomic_torch_save(path, checkpoint)

@@ -54,6 +54,15 @@ def refuse_inside(out_dir: str | os.PathLike, inputs: dict[str, Path], key: str 
                            f"into a dataset's image, mask, xml or feature folders; choose another {key}")
 
 
+def atomic_torch_save(path: str | os.PathLike, obj: Any) -> None:
+    """``torch.save`` of ``obj`` to ``path`` atomically: a killed job never leaves half a file for the next reader."""
+    import torch  # here, not at the top: the evaluator and the CLIs' --help import this module
+
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
